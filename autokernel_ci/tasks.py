@@ -1,0 +1,253 @@
+"""Kernel tasks: what the bot may edit or must guard, built from a built-in op, a config entry or a
+KernelBench-style file — and model targets to profile and verify.
+
+Every task carries an `OpSpec` (see `ops/base.py`): the reference maths, the input factory, shapes,
+dtypes and tolerances. The correctness gate and the timing harness read only that, so the three
+ways of making a task are treated alike from there on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autokernel_ci.errors import TaskError
+
+if TYPE_CHECKING:  # keeps torch out of CLI start-up
+    from autokernel_ci.config import Config, KernelEntry
+    from autokernel_ci.ops.base import OpSpec
+
+
+@dataclass
+class KernelTask:
+    name: str
+    kind: str  # "builtin" | "config" | "kernelbench"
+    spec: OpSpec
+    path: Path | None = None  # the kernel file in the user's repo, when there is one
+    entry: str = "kernel_fn"
+    root: Path | None = None  # put on sys.path so the user's modules import
+    op: str | None = None
+    inputs: str | None = None  # module:callable for config tasks
+    kernelbench: Path | None = None
+    risk: str = "low"
+    allow: tuple[str, ...] = ()
+    baselines: tuple[str, ...] = ("eager", "vendor", "compile")
+
+    def to_wire(self) -> dict[str, Any]:
+        """What the worker process needs to rebuild the inputs side of this task (never the reference)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "op": self.op,
+            "entry": self.entry,
+            "root": str(self.root) if self.root else None,
+            "inputs": self.inputs,
+            "kernelbench": str(self.kernelbench) if self.kernelbench else None,
+            "dims": list(self.spec.dims),
+        }
+
+
+@dataclass
+class ModelTarget:
+    name: str
+    factory: str
+    dtype: str = "bf16"
+    swap: list[str] = field(default_factory=list)
+    tolerance: tuple[float, float] | None = None
+    root: Path | None = None
+
+
+def builtin_task(op: str) -> KernelTask:
+    from autokernel_ci.ops import get_op
+
+    spec = get_op(op)
+    return KernelTask(name=op, kind="builtin", spec=spec, op=op, risk=spec.risk, allow=spec.allowed_ops)
+
+
+def config_task(entry: KernelEntry, cfg: Config) -> KernelTask:
+    root = cfg.root
+    path = root / entry.path
+    if entry.kernelbench:
+        task = kernelbench_task(root / entry.kernelbench)
+        return replace(task, name=entry.name, path=path, root=root, entry=entry.entry or "ModelNew",
+                       allow=tuple(entry.allow), risk=entry.risk or task.risk)
+    if entry.op:
+        task = builtin_task(entry.op)
+        spec = task.spec
+        overrides: dict[str, Any] = {}
+        if entry.shapes:
+            overrides["test_shapes"] = tuple(entry.shapes)
+        if entry.bench_shapes:
+            overrides["bench_shapes"] = tuple(entry.bench_shapes)
+        if entry.dtypes:
+            overrides["dtypes"] = tuple(entry.dtypes)
+        if entry.tolerance:
+            overrides["tolerances"] = {**spec.tolerances, **entry.tolerance}
+        if overrides:
+            spec = replace(spec, **overrides)
+        return replace(task, name=entry.name, spec=spec, path=path, root=root, entry=entry.entry or "kernel_fn",
+                       allow=tuple(spec.allowed_ops) + tuple(entry.allow), risk=entry.risk or spec.risk)
+    return custom_task(entry, root)
+
+
+def custom_task(entry: KernelEntry, root: Path) -> KernelTask:
+    """A task whose reference and input factory are the user's own `module:callable`s."""
+    from autokernel_ci.ops.base import DEFAULT_TOLERANCES, OpSpec
+
+    reference = load_callable(entry.reference or "", root)
+    make_inputs = load_callable(entry.inputs or "", root)
+    dims = tuple(entry.shapes[0].keys())
+    spec = OpSpec(
+        name=entry.name,
+        signature=f"{entry.entry or 'kernel_fn'}(...) like {entry.reference}",
+        family="custom",
+        dims=dims,
+        reference=reference,
+        make_inputs=make_inputs,
+        bytes_moved=lambda shape, dtype: None,  # type: ignore[arg-type,return-value]
+        flops=lambda shape, dtype: None,  # type: ignore[arg-type,return-value]
+        test_shapes=tuple(entry.shapes),
+        bench_shapes=tuple(entry.bench_shapes),
+        dtypes=tuple(entry.dtypes or ("fp32",)),
+        tolerances={**DEFAULT_TOLERANCES, **entry.tolerance},
+        risk=entry.risk or "low",
+    )
+    return KernelTask(name=entry.name, kind="config", spec=spec, path=root / entry.path, root=root,
+                      entry=entry.entry or "kernel_fn", inputs=entry.inputs, risk=spec.risk, allow=tuple(entry.allow))
+
+
+def kernelbench_task(path: Path) -> KernelTask:
+    """A KernelBench-style file: `Model`, `get_inputs()`, `get_init_inputs()`; candidates define `ModelNew`."""
+    from autokernel_ci.ops.base import OpSpec
+
+    module = load_module_from_path(path)
+    for required in ("Model", "get_inputs", "get_init_inputs"):
+        if not hasattr(module, required):
+            raise TaskError(f"{path}: a KernelBench-style task defines Model, get_inputs and get_init_inputs; "
+                            f"{required} is missing")
+    make_inputs = kernelbench_inputs(module)
+    spec = OpSpec(
+        name=path.stem,
+        signature="class ModelNew(nn.Module) with the same __init__ and forward as Model",
+        family="kernelbench",
+        dims=(),
+        reference=kernelbench_reference(module),
+        make_inputs=make_inputs,
+        bytes_moved=lambda shape, dtype: None,  # type: ignore[arg-type,return-value]
+        flops=lambda shape, dtype: None,  # type: ignore[arg-type,return-value]
+        test_shapes=({},),
+        bench_shapes=({},),
+        dtypes=("fp32",),
+        tolerances={"fp32": (1e-4, 1e-4)},
+        stability_kinds=(),
+    )
+    return KernelTask(name=path.stem, kind="kernelbench", spec=spec, root=path.parent.resolve(), entry="ModelNew",
+                      kernelbench=path.resolve())
+
+
+def kernelbench_inputs(module: Any):
+    """Inputs of a KernelBench file are whatever get_inputs() draws; we seed torch's RNG from the generator."""
+
+    def make_inputs(shape, dtype, generator, kind="normal"):
+        import torch
+
+        torch.manual_seed(generator.initial_seed() + 1)
+        return tuple(a.to(generator.device) if isinstance(a, torch.Tensor) else a for a in module.get_inputs())
+
+    return make_inputs
+
+
+def kernelbench_model(module: Any, cls: Any, seed: int, device: Any):
+    """Build Model or ModelNew the same way on both sides (same seed, same init inputs) so that their
+    parameters are equal."""
+    import torch
+
+    torch.manual_seed(seed)
+    return cls(*module.get_init_inputs()).to(device)
+
+
+def kernelbench_reference(module: Any):
+    def reference(*args, seed: int = 0):
+        import torch
+
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+        model = kernelbench_model(module, module.Model, seed, device).double()
+        with torch.no_grad():
+            return model(*args)
+
+    return reference
+
+
+def resolve_task(task: str, config_path: Path | None = None) -> KernelTask:
+    """TASK is a KernelBench-style file, a kernel named in the config, or a built-in op name."""
+    from autokernel_ci.config import find_config, load_config
+    from autokernel_ci.ops import OP_NAMES, is_builtin
+
+    candidate_file = Path(task)
+    if task.endswith(".py"):
+        if not candidate_file.is_file():
+            raise TaskError(f"task file not found: {task}")
+        return kernelbench_task(candidate_file)
+    path = config_path or find_config()
+    if path is not None:
+        cfg = load_config(path)
+        entry = cfg.kernel(task)
+        if entry is not None:
+            return config_task(entry, cfg)
+    if is_builtin(task):
+        return builtin_task(task)
+    known = list(OP_NAMES)
+    where = f" or a kernel in {path}" if path else ""
+    raise TaskError(f"unknown task {task!r}: expected a built-in op ({', '.join(known)}){where}, "
+                    "or a KernelBench-style .py file")
+
+
+def task_inputs_from_wire(wire: dict[str, Any]):
+    """In the worker: rebuild the input factory (and, for KernelBench, the module) from `to_wire()`."""
+    root = wire.get("root")
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
+    if wire["kind"] == "kernelbench":
+        module = load_module_from_path(Path(wire["kernelbench"]))
+        return kernelbench_inputs(module), module
+    if wire.get("op"):
+        from autokernel_ci.ops import get_op
+
+        return get_op(wire["op"]).make_inputs, None
+    return load_callable(wire["inputs"], Path(root) if root else None), None
+
+
+def load_callable(target: str, root: Path | None):
+    module_name, _, attr = target.partition(":")
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module failed to import: say which and why
+        raise TaskError(f"cannot import {module_name!r} for {target!r}: {type(exc).__name__}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise TaskError(f"{module_name!r} has no attribute {attr!r} (from {target!r})") from None
+
+
+def load_module_from_path(path: Path, name: str | None = None):
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"file not found: {path}")
+    name = name or f"_autokernel_task_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TaskError(f"cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise TaskError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except Exception as exc:
+        raise TaskError(f"{path}: failed to import: {type(exc).__name__}: {exc}") from None
+    return module
