@@ -1,0 +1,1 @@
+"""The evaluation harness: correctness stages, anti-cheat checks, the sandboxed worker, timing."""

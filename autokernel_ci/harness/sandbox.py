@@ -1,0 +1,300 @@
+"""Sandboxed evaluation: run a candidate in a child process and judge what it sends back.
+
+The child gets a time limit, an environment with no tokens or keys, its own CUDA context and a
+process group of its own, so a hang, a segfault, an abort or an `os._exit` ends the child and never
+the caller. What it reports is data: parsed, validated, and judged here against a float64 reference
+it never saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autokernel_ci.errors import CandidateError
+from autokernel_ci.results import EvalResult, Finding, Status
+
+if TYPE_CHECKING:
+    from autokernel_ci.tasks import KernelTask
+
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+SECRET_PREFIXES = ("GITHUB_", "ACTIONS_", "RUNNER_", "AWS_", "AZURE_", "GOOGLE_", "OPENAI_", "ANTHROPIC_")
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def child_environment(env: Mapping[str, str] | None = None, device: str = "cpu") -> dict[str, str]:
+    """The parent's environment less anything that looks like a credential, plus the worker's settings."""
+    env = os.environ if env is None else env
+    clean = {k: v for k, v in env.items() if not SECRET_NAME.search(k) and not k.startswith(SECRET_PREFIXES)}
+    package_root = str(Path(__file__).resolve().parents[2])
+    clean["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, clean.get("PYTHONPATH", "")) if p)
+    clean["PYTHONDONTWRITEBYTECODE"] = "1"
+    clean["PYTHONUNBUFFERED"] = "1"
+    if device == "cpu":
+        clean["TRITON_INTERPRET"] = "1"
+    else:
+        clean.pop("TRITON_INTERPRET", None)
+    return clean
+
+
+@dataclass
+class WorkerRun:
+    returncode: int | None
+    timed_out: bool
+    seconds: float
+    log_tail: str
+    result: dict[str, Any] | None
+    out_dir: Path
+
+
+def run_worker(request: dict[str, Any], out_dir: Path, timeout: float, env: dict[str, str],
+               on_progress: Callable[[int], None] | None = None) -> WorkerRun:
+    """Start the worker on `request`, wait at most `timeout` seconds, and collect what it wrote."""
+    request = {**request, "out_dir": str(out_dir)}
+    request_path = out_dir / "request.json"
+    request_path.write_text(json.dumps(request))
+    log_path = out_dir / "worker.log"
+    start = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autokernel_ci.harness.worker", str(request_path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out_dir,
+            start_new_session=True,
+        )
+        timed_out = False
+        seen = 0
+        while True:
+            try:
+                proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - start > timeout:
+                    timed_out = True
+                    _kill_group(proc)
+                    break
+            if on_progress is not None:
+                done = _count_lines(out_dir / "progress.log")
+                if done != seen:
+                    seen = done
+                    on_progress(done)
+    seconds = time.monotonic() - start
+    result = None
+    result_path = out_dir / "result.json"
+    if result_path.is_file() and not timed_out:
+        try:
+            result = json.loads(result_path.read_text())
+        except (OSError, ValueError):
+            result = None
+    tail = log_path.read_bytes()[-4000:].decode("utf-8", "replace") if log_path.is_file() else ""
+    return WorkerRun(proc.returncode, timed_out, seconds, tail, result, out_dir)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def validate_worker_result(data: Any, n_cases: int) -> str | None:
+    """Why the worker's report cannot be trusted as data, or None. A candidate could tamper with it."""
+    if not isinstance(data, dict) or data.get("protocol") != 1:
+        return "the worker's report is not a protocol-1 JSON object"
+    if data.get("import_error") is not None:
+        return None if isinstance(data["import_error"], str) else "import_error is not a string"
+    cases = data.get("cases")
+    if not isinstance(cases, list) or len(cases) != n_cases:
+        return f"the worker reported {len(cases) if isinstance(cases, list) else 'no'} cases, expected {n_cases}"
+    for i, case in enumerate(cases):
+        if not isinstance(case, dict) or case.get("index") != i:
+            return f"case {i} of the worker's report is malformed"
+        if not isinstance(case.get("ops", {}), dict) or not isinstance(case.get("inputs_changed", []), list):
+            return f"case {i} of the worker's report has malformed fields"
+    if not isinstance(data.get("module_state", []), list):
+        return "module_state is not a list"
+    return None
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CandidateError("--device cuda was asked for, but no CUDA GPU is visible to torch")
+    if device not in ("cpu", "cuda"):
+        raise CandidateError(f"--device must be 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = None,
+             timeout: float = DEFAULT_TIMEOUT_S, seed: int | None = None, stages: tuple[str, ...] | None = None,
+             include_bench_shapes: bool | None = None, work_dir: Path | None = None,
+             on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Static checks, then the worker, then judgement: the whole correctness gate for one candidate."""
+    from autokernel_ci.harness import anticheat
+    from autokernel_ci.harness.correctness import STAGES, plan_cases
+
+    started = time.monotonic()
+    path = Path(candidate)
+    if not path.is_file():
+        raise CandidateError(f"candidate file not found: {path}")
+    try:
+        source = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CandidateError(f"cannot read candidate {path}: {exc}") from None
+    device = resolve_device(device)
+    result = EvalResult(status=Status.PASS, task=task.name, candidate=str(path),
+                        candidate_sha256=hashlib.sha256(source.encode()).hexdigest(),
+                        device=_device_label(device), representative_timing=False, environment=_environment())
+
+    findings = anticheat.scan_source(source, allow=task.allow)
+    syntax = [f for f in findings if f.rule == "static.syntax"]
+    if syntax:
+        return _finish(result, Status.CRASH, f"the candidate does not compile: {syntax[0].message}", started,
+                       findings=syntax)
+    if findings:
+        return _finish(result, Status.REJECTED, _findings_message(findings), started, findings=findings)
+
+    cases, plan_notes = plan_cases(task.spec, device, seed=seed, stages=stages or STAGES,
+                                   include_bench_shapes=include_bench_shapes)
+    result.seeds = [c.seed for c in cases]
+    request = {"task": task.to_wire(), "candidate": str(path.resolve()), "device": device,
+               "cases": [c.to_wire() for c in cases], "poison": True}
+    with tempfile.TemporaryDirectory(prefix="autokernel-eval-", dir=work_dir) as tmp:
+        progress = (lambda done: on_progress(done, len(cases))) if on_progress else None
+        run = run_worker(request, Path(tmp), timeout, child_environment(device=device), progress)
+        result.worker_log = run.log_tail[-2000:]
+        if run.timed_out:
+            return _finish(result, Status.TIMEOUT, f"the candidate ran past the {timeout:g} s limit "
+                           f"(during case {_count_lines(Path(tmp) / 'progress.log')} of {len(cases)})", started)
+        data = run.result
+        if data is not None and data.get("import_error"):
+            return _finish(result, Status.CRASH, f"the candidate failed to import: {data['import_error']}", started)
+        if run.returncode != 0 or data is None:
+            return _finish(result, Status.CRASH, _crash_message(run, len(cases)), started)
+        problem = validate_worker_result(data, len(cases))
+        if problem:
+            return _finish(result, Status.CRASH, problem, started)
+        dynamic = _dynamic_findings(task, data, anticheat)
+        if dynamic:
+            return _finish(result, Status.REJECTED, _findings_message(dynamic), started, findings=dynamic)
+        return _judge(task, cases, data, Path(tmp), device, plan_notes, result, started)
+
+
+def _judge(task, cases, data, out_dir: Path, device: str, plan_notes: list[str], result: EvalResult,
+           started: float) -> EvalResult:
+    import torch
+
+    from autokernel_ci.harness.correctness import judge_case, judge_determinism, stage_evidence
+
+    outputs: dict[int, tuple[Any, ...] | None] = {}
+    evidence = []
+    for case, report in zip(cases, data["cases"]):
+        path = out_dir / f"case_{case.index}.pt"
+        out = None
+        if path.is_file():
+            try:
+                out = torch.load(path, map_location=device, weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - a corrupt output file is the candidate's failure
+                report = {**report, "output_problem": f"its outputs could not be read back ({type(exc).__name__})"}
+        outputs[case.index] = out
+        evidence.append(judge_case(task, case, out, report, device))
+    notes: dict[str, list[str]] = {"shapes": list(plan_notes), "determinism": judge_determinism(cases, outputs)}
+    result.stages = stage_evidence(cases, evidence, notes)
+    failed = [e for e in evidence if not e.passed]
+    if failed:
+        first = failed[0]
+        label = task.spec.shape_label(first.shape) if first.shape else "default inputs"
+        message = (f"{len(failed)} of {len(evidence)} checks failed; first: stage {first.stage}, "
+                   f"{label} {first.dtype} ({first.kind} inputs, seed {first.seed}): {first.message}")
+        return _finish(result, Status.FAIL, message, started)
+    flagged = notes["determinism"]
+    message = f"all {len(evidence)} checks passed in {len(result.stages)} stages"
+    if flagged:
+        message += " (flagged: not bitwise deterministic)"
+    return _finish(result, Status.PASS, message, started)
+
+
+def _dynamic_findings(task, data: dict[str, Any], anticheat) -> list[Finding]:
+    findings = [Finding(**f) for f in data.get("module_state", []) if isinstance(f, dict)]
+    ops: set[str] = set()
+    for case in data["cases"]:
+        ops.update(str(op) for op in case.get("ops", {}))
+    findings += anticheat.classify_ops(sorted(ops), allowed=task.allow)
+    return findings
+
+
+def _findings_message(findings: list[Finding]) -> str:
+    first = findings[0]
+    more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
+    return f"{first.rule} at {first.where()}: {first.message}{more}"
+
+
+def _crash_message(run: WorkerRun, n_cases: int) -> str:
+    code = run.returncode
+    if code is not None and code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with status {code} before reporting"
+    done = _count_lines(run.out_dir / "progress.log")
+    where = f" during case {done} of {n_cases}" if done else " before the first case (at import?)"
+    last = next((ln for ln in reversed(run.log_tail.strip().splitlines()) if ln.strip()), "")
+    return f"the candidate process {how}{where}" + (f"; last output: {last[:200]}" if last else "")
+
+
+def _finish(result: EvalResult, status: Status, message: str, started: float,
+            findings: list[Finding] | None = None) -> EvalResult:
+    result.status = status
+    result.message = message
+    if findings:
+        result.findings = findings
+    result.duration_s = round(time.monotonic() - started, 3)
+    return result
+
+
+def _device_label(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return "cpu (Triton interpreter)"
+
+
+def _environment() -> dict[str, str]:
+    import platform
+
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:  # pragma: no cover - triton is a dependency
+        env["triton"] = "missing"
+    if torch.cuda.is_available():
+        env["cuda"] = str(torch.version.cuda)
+    return env

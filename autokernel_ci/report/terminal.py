@@ -1,0 +1,57 @@
+"""Terminal rendering of results, with rich: rendered from the result objects, never from logs."""
+
+from __future__ import annotations
+
+from autokernel_ci.results import EvalResult, Status
+
+STATUS_STYLE = {
+    Status.PASS: "bold green",
+    Status.FAIL: "bold red",
+    Status.CRASH: "bold red",
+    Status.TIMEOUT: "bold yellow",
+    Status.REJECTED: "bold magenta",
+}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def print_eval_result(result: EvalResult, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(highlight=False, soft_wrap=True)
+    where = result.device + ("" if result.representative_timing or "cpu" not in result.device
+                             else "; timings not representative")
+    console.print(f"[bold]{result.task}[/] ← {result.candidate}  [dim]({where}, {result.duration_s:.1f} s)[/]")
+    console.print(f"[{STATUS_STYLE[result.status]}]{result.status.value}[/]  {result.message}")
+    if result.stages:
+        table = Table(show_edge=False, pad_edge=False, box=None)
+        for col in ("stage", "checks", "result", "worst abs err", "worst rel err", "notes"):
+            table.add_column(col)
+        for stage in result.stages:
+            passed = sum(c.passed for c in stage.cases)
+            abs_errs = [c.max_abs_err for c in stage.cases if c.max_abs_err is not None]
+            rel_errs = [c.max_rel_err for c in stage.cases if c.max_rel_err is not None]
+            table.add_row(stage.name, f"{passed}/{len(stage.cases)}",
+                          "[green]pass[/]" if stage.passed else "[red]fail[/]",
+                          _fmt(max(abs_errs) if abs_errs else None), _fmt(max(rel_errs) if rel_errs else None),
+                          "; ".join(stage.notes))
+        console.print(table)
+    if result.findings:
+        table = Table(title="findings", show_edge=False, box=None)
+        for col in ("rule", "where", "message"):
+            table.add_column(col)
+        for f in result.findings:
+            table.add_row(f.rule, f.where(), f.message)
+        console.print(table)
+    if result.timings:
+        table = Table(title="timings", show_edge=False, box=None)
+        for col in ("shape", "dtype", "median µs", "IQR µs", "n", "% roofline"):
+            table.add_column(col)
+        for t in result.timings:
+            pct = "-" if t.pct_roofline is None else f"{t.pct_roofline:.1f}% ({t.roofline_source})"
+            table.add_row("×".join(map(str, t.shape.values())), t.dtype, f"{t.median_us:.2f}", f"{t.iqr_us:.2f}",
+                          str(t.count), pct)
+        console.print(table)
