@@ -1,0 +1,1 @@
+"""Reports rendered from result data: PR bodies, sticky comments, job summaries, JSON and plots."""
