@@ -7,7 +7,9 @@ On a GPU (`time_fn`):
    number of timed repetitions (`rep_ms` worth, within `min_reps`..`max_reps`).
 3. Each repetition zeroes a buffer twice the size of L2 before its start event, so every call reads
    its inputs from device memory, as it would inside a model, instead of from a cache the previous
-   repetition warmed. Input sets rotate from one repetition to the next for the same reason.
+   repetition warmed. Input sets rotate from one repetition to the next for the same reason. That
+   work also keeps the GPU busy while the CPU queues the call, so the events time the kernel, not
+   the launch latency in front of it; without the flush a short spin kernel does the same.
 4. Optionally each input set's call is captured in a CUDA graph and replayed: for kernels so short
    that launch overhead, not the kernel, would otherwise be measured.
 5. A cross-check: a batch of back-to-back calls timed twice, by events on the current stream and by
@@ -47,6 +49,8 @@ _MAX_WARMUP_CALLS = 10_000
 # Calls in the synchronize cross-check: about this much time (ms), within these bounds.
 _SYNC_BATCH_MS = 25.0
 _MIN_SYNC_CALLS = 5
+# GPU clock cycles to spin before each repetition when L2 is not flushed: some 25-50 µs.
+_GAP_FILL_CYCLES = 50_000
 
 Call = Callable[[], Any]
 
@@ -378,9 +382,14 @@ class _CudaBackend:
         starts = [self._event() for _ in range(n)]
         ends = [self._event() for _ in range(n)]
         flush = self._flush_buffer
+        sleep = getattr(self._torch.cuda, "_sleep", None)
         for call, start, end in zip(_cycle(calls, n), starts, ends):
+            # Keep the GPU busy while the CPU queues the start event and the call, so the interval
+            # holds the kernel and not the launch latency before it. The flush does that on its own.
             if flush is not None:
                 flush.zero_()
+            elif sleep is not None:
+                sleep(_GAP_FILL_CYCLES)
             start.record()
             call()
             end.record()
