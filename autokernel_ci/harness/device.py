@@ -1,0 +1,393 @@
+"""The machine: what device runs the kernels, and the ceilings a percent-of-roofline divides by.
+
+`device_info` describes the GPU (or, without one, the CPU and the Triton interpreter) and the
+software stack, for every result's environment. `calibrate` measures this GPU's ceilings: copy
+bandwidth (a device-to-device copy of 1 GiB, bytes read plus bytes written) and dense matmul rate at
+8192³ for bf16, fp16, tf32 and strict fp32, on random data, since zeros let the tensor cores draw
+less power and clock higher than any real workload. The measurement is cached as JSON per device
+name under `<cache>/ceilings/`, where `<cache>` is `$AUTOKERNEL_CACHE_DIR` or
+`~/.cache/autokernel-ci`. `get_ceilings` returns the cached measurement or, failing that, the
+vendor's datasheet numbers, labelled as such: a datasheet peak is rarely reachable, so a percentage
+of it reads low.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from autokernel_ci.errors import HarnessError
+
+CACHE_ENV = "AUTOKERNEL_CACHE_DIR"
+DEFAULT_CACHE = Path("~/.cache/autokernel-ci")
+
+COPY_BYTES = 1024**3
+MATMUL_N = 8192
+MATMUL_KINDS = ("bf16", "fp16", "tf32", "fp32")  # fp32: strict IEEE, no TF32
+
+
+@dataclass
+class DeviceInfo:
+    """The device kernels run on and the software around it; None where it does not apply."""
+
+    kind: str  # "cuda" or "cpu"
+    name: str
+    capability: str | None  # "9.0"
+    sm_count: int | None
+    l2_bytes: int | None
+    memory_bytes: int | None
+    driver_version: str | None
+    cuda_version: str | None  # the CUDA runtime torch was built with
+    torch_version: str
+    triton_version: str | None
+    python_version: str
+    platform: str
+    cpu_count: int | None = None
+    interpreter: bool = False  # Triton kernels run under TRITON_INTERPRET=1
+
+    @property
+    def label(self) -> str:
+        if self.kind == "cpu":
+            return "cpu (Triton interpreter)" if self.interpreter else "cpu"
+        return f"{self.name} (sm_{(self.capability or '').replace('.', '')}, {self.sm_count} SMs)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def as_environment(self) -> dict[str, str]:
+        """Flat strings for `EvalResult.environment`."""
+        return {k: str(v) for k, v in asdict(self).items() if v is not None}
+
+
+def device_info(device: Any = None) -> DeviceInfo:
+    """Describe the CUDA device (`device` or the current one), or the CPU when torch sees no GPU."""
+    import torch
+
+    common = dict(
+        torch_version=torch.__version__,
+        triton_version=_package_version("triton"),
+        python_version=platform.python_version(),
+        platform=platform.platform(),
+        cpu_count=os.cpu_count(),
+    )
+    if not torch.cuda.is_available():
+        return DeviceInfo(
+            kind="cpu",
+            name=_cpu_name(),
+            capability=None,
+            sm_count=None,
+            l2_bytes=None,
+            memory_bytes=_host_memory_bytes(),
+            driver_version=None,
+            cuda_version=None,
+            interpreter=True,
+            **common,
+        )
+    index = torch.cuda.current_device() if device is None else torch.device(device).index
+    props = torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device())
+    return DeviceInfo(
+        kind="cuda",
+        name=props.name,
+        capability=f"{props.major}.{props.minor}",
+        sm_count=int(props.multi_processor_count),
+        l2_bytes=int(getattr(props, "L2_cache_size", 0) or 0) or None,
+        memory_bytes=int(props.total_memory),
+        driver_version=_nvidia_driver_version(),
+        cuda_version=torch.version.cuda,
+        interpreter=os.environ.get("TRITON_INTERPRET") == "1",
+        **common,
+    )
+
+
+def _package_version(name: str) -> str | None:
+    # From the metadata, not `import triton`: importing it here would fix TRITON_INTERPRET too early.
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _host_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _nvidia_driver_version() -> str | None:
+    with contextlib.suppress(OSError):
+        match = re.search(r"Kernel Module\s+([\d.]+)", Path("/proc/driver/nvidia/version").read_text())
+        if match:
+            return match.group(1)
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0] if out.strip() else None
+
+
+# --- ceilings ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ceilings:
+    """The fastest this device moves bytes and does maths, measured here or quoted from a datasheet."""
+
+    device: str
+    bandwidth_bytes_per_s: float
+    flops_per_s: dict[str, float]  # keys from MATMUL_KINDS; "fp32" is strict fp32, "tf32" the tensor cores
+    source: str  # "measured" or "datasheet"
+    measured_at: str = ""  # ISO 8601, for measured ceilings
+    details: dict[str, Any] = field(default_factory=dict)  # how it was measured: sizes, samples, versions
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Ceilings:
+        return cls(
+            device=str(data["device"]),
+            bandwidth_bytes_per_s=float(data["bandwidth_bytes_per_s"]),
+            flops_per_s={str(k): float(v) for k, v in data["flops_per_s"].items()},
+            source=str(data["source"]),
+            measured_at=str(data.get("measured_at", "")),
+            details=dict(data.get("details", {})),
+        )
+
+
+def _datasheet(bandwidth_tb_s: float, bf16: float, tf32: float, fp32: float) -> dict[str, Any]:
+    """Dense (not 2:4 sparse) peaks in TFLOP/s; fp16 tensor-core peak equals bf16 on these parts."""
+    tera = 1e12
+    flops = {"bf16": bf16 * tera, "fp16": bf16 * tera, "tf32": tf32 * tera, "fp32": fp32 * tera}
+    return {"bandwidth_bytes_per_s": bandwidth_tb_s * tera, "flops_per_s": flops}
+
+
+# First match wins, so the more specific names come first. Patterns match torch's device names
+# ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "NVIDIA H100 PCIe", …), case-insensitively.
+DATASHEETS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (r"H200 NVL", _datasheet(4.8, 835, 417.5, 60)),
+    (r"H200", _datasheet(4.8, 989, 494, 67)),
+    (r"H100 NVL", _datasheet(3.9, 835, 417.5, 60)),
+    (r"H100 PCIe", _datasheet(2.0, 756, 378, 51)),
+    (r"H100", _datasheet(3.35, 989, 494, 67)),  # SXM5 ("H100 80GB HBM3")
+    (r"A100.*80GB.*PCIe", _datasheet(1.935, 312, 156, 19.5)),
+    (r"A100.*80GB", _datasheet(2.039, 312, 156, 19.5)),  # SXM4 80 GB
+    (r"A100", _datasheet(1.555, 312, 156, 19.5)),  # 40 GB, SXM4 or PCIe
+    (r"L40S", _datasheet(0.864, 362, 183, 91.6)),
+    (r"\bL40\b", _datasheet(0.864, 181, 90.5, 90.5)),
+    (r"\bL4\b", _datasheet(0.3, 121, 60, 30.3)),
+    (r"\bA10\b", _datasheet(0.6, 125, 62.5, 31.2)),
+)
+
+
+def datasheet_ceilings(device_name: str) -> Ceilings | None:
+    """The vendor's peak numbers for a device name, or None for a device not in `DATASHEETS`."""
+    for pattern, numbers in DATASHEETS:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
+            return Ceilings(device=device_name, source="datasheet", **numbers)
+    return None
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where autokernel-ci caches: `cache_dir`, else `$AUTOKERNEL_CACHE_DIR`, else ~/.cache/autokernel-ci."""
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_ENV) or DEFAULT_CACHE
+    return Path(cache_dir).expanduser()
+
+
+def ceilings_path(device_name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The JSON file holding a device's measured ceilings (its name made safe for a file name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", device_name).strip("-.") or "device"
+    return cache_root(cache_dir) / "ceilings" / f"{safe}.json"
+
+
+def get_ceilings(device_name: str | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Ceilings | None:
+    """Measured ceilings from the cache, else the datasheet's, else None (unknown device, or no GPU).
+
+    Never measures: run `calibrate` (or `benchmarks/calibrate_check.py`) once per machine for that.
+    """
+    if device_name is None:
+        info = device_info()
+        if info.kind != "cuda":
+            return None
+        device_name = info.name
+    path = ceilings_path(device_name, cache_dir)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        return Ceilings.from_dict(json.loads(path.read_text()))
+    return datasheet_ceilings(device_name)
+
+
+def calibrate(cache_dir: str | os.PathLike[str] | None = None) -> Ceilings:
+    """Measure this GPU's copy bandwidth and matmul rates, cache them, and return them."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise HarnessError("calibrate needs a CUDA GPU; without one, get_ceilings() has nothing to measure")
+    info = device_info()
+    bandwidth, copy_timing = measure_copy_bandwidth()
+    flops: dict[str, float] = {}
+    timings = {"copy": _timing_record(copy_timing)}
+    for kind in MATMUL_KINDS:
+        flops[kind], timing = measure_matmul_flops(kind)
+        timings[f"matmul_{kind}"] = _timing_record(timing)
+    ceilings = Ceilings(
+        device=info.name,
+        bandwidth_bytes_per_s=bandwidth,
+        flops_per_s=flops,
+        source="measured",
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        details={
+            "copy_bytes": COPY_BYTES,
+            "matmul_n": MATMUL_N,
+            "timings": timings,
+            "device": info.to_dict(),
+            "argv": sys.argv,
+        },
+    )
+    _write_json(ceilings_path(info.name, cache_dir), ceilings.to_dict())
+    return ceilings
+
+
+def measure_copy_bandwidth(nbytes: int = COPY_BYTES) -> tuple[float, Any]:
+    """Bytes per second of a device-to-device copy of `nbytes`, counting the read and the write."""
+    import torch
+
+    from autokernel_ci.harness.timing import time_fn
+
+    src = torch.randn(nbytes // 4, device="cuda", dtype=torch.float32)
+    dst = torch.empty_like(src)
+    # Both buffers are far larger than L2, so flushing it would only cost time.
+    timing = time_fn(lambda: dst.copy_(src), flush_l2=False, min_reps=20)
+    bytes_moved = 2 * src.numel() * src.element_size()
+    return bytes_moved / (timing.median_us * 1e-6), timing
+
+
+def measure_matmul_flops(kind: str, n: int = MATMUL_N) -> tuple[float, Any]:
+    """FLOP/s of an n×n×n matmul in `kind` ("bf16", "fp16", "tf32" or strict "fp32")."""
+    import torch
+
+    from autokernel_ci.harness.timing import time_fn
+
+    if kind not in MATMUL_KINDS:
+        raise ValueError(f"kind must be one of {MATMUL_KINDS}, got {kind!r}")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(kind, torch.float32)
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    c = torch.empty(n, n, device="cuda", dtype=dtype)
+    with _float32_matmul_precision("high" if kind == "tf32" else "highest"):
+        timing = time_fn(lambda: torch.mm(a, b, out=c), flush_l2=False, min_reps=10)
+    return 2.0 * n**3 / (timing.median_us * 1e-6), timing
+
+
+@contextlib.contextmanager
+def _float32_matmul_precision(precision: str) -> Iterator[None]:
+    import torch
+
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _timing_record(timing: Any) -> dict[str, Any]:
+    return {
+        "median_us": timing.median_us,
+        "iqr_us": timing.iqr_us,
+        "count": timing.count,
+        "samples_us": timing.samples_us,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+# --- roofline ------------------------------------------------------------------------------------
+
+_DTYPE_KINDS = {
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+    "tf32": "tf32",
+}
+
+
+def ceiling_kind(dtype: Any) -> str | None:
+    """The `Ceilings.flops_per_s` key for a dtype ("bf16", torch.bfloat16, …); None when none applies.
+
+    Strict fp32 maps to "fp32"; pass "tf32" when the kernel's maths runs on TF32 tensor cores.
+    """
+    name = str(dtype).lower().removeprefix("torch.")
+    return _DTYPE_KINDS.get(name)
+
+
+def pct_of_roofline(
+    bytes_moved: int | None,
+    flops: int | None,
+    dtype: Any,
+    seconds: float,
+    ceilings: Ceilings | None,
+    bound: str,
+) -> tuple[float | None, str | None]:
+    """(percent, source): how close `seconds` is to the ceiling that bounds this op.
+
+    `bound` is "memory" (bytes / bandwidth), "compute" (flops / the dtype's peak) or "roofline"
+    (the larger of the two times, i.e. the classic roofline). The percentage is not clipped: above
+    100 means the cost model or the ceiling is wrong, and should be seen. (None, None) when there
+    are no ceilings or the numbers the bound needs are missing.
+    """
+    if seconds <= 0 or not math.isfinite(seconds):
+        raise ValueError(f"seconds must be a positive time, got {seconds}")
+    if bound not in ("memory", "compute", "roofline"):
+        raise ValueError(f"bound must be 'memory', 'compute' or 'roofline', got {bound!r}")
+    if ceilings is None:
+        return None, None
+    memory_s = bytes_moved / ceilings.bandwidth_bytes_per_s if bytes_moved is not None else None
+    peak = ceilings.flops_per_s.get(ceiling_kind(dtype) or "")
+    compute_s = flops / peak if flops is not None and peak else None
+    if bound == "memory":
+        best = memory_s
+    elif bound == "compute":
+        best = compute_s
+    else:
+        known = [t for t in (memory_s, compute_s) if t is not None]
+        best = max(known) if known else None
+    if best is None:
+        return None, None
+    return 100.0 * best / seconds, ceilings.source
