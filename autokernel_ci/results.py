@@ -76,7 +76,9 @@ class ShapeTiming:
     pct_roofline: float | None = None
     roofline_source: str | None = None  # "measured" or "datasheet"
     baselines_us: dict[str, float] = field(default_factory=dict)
-    sync_us: float | None = None  # whole-device synchronize cross-check
+    sync_us: float | None = None  # per call, wall clock between whole-device synchronizes
+    batch_events_us: float | None = None  # per call, the stream's events around the same batch
+    representative: bool = False  # False off-GPU: the numbers prove nothing about GPU speed
 
 
 @dataclass

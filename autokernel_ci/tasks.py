@@ -200,9 +200,13 @@ def resolve_task(task: str, config_path: Path | None = None) -> KernelTask:
             return config_task(entry, cfg)
     if is_builtin(task):
         return builtin_task(task)
-    known = list(OP_NAMES)
+    import difflib
+
+    known = list(OP_NAMES) + ([k.name for k in load_config(path).kernels] if path else [])
+    close = difflib.get_close_matches(task, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     where = f" or a kernel in {path}" if path else ""
-    raise TaskError(f"unknown task {task!r}: expected a built-in op ({', '.join(known)}){where}, "
+    raise TaskError(f"unknown task {task!r}{hint}: expected a built-in op ({', '.join(OP_NAMES)}){where}, "
                     "or a KernelBench-style .py file")
 
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,42 @@ if TYPE_CHECKING:
 SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 SECRET_PREFIXES = ("GITHUB_", "ACTIONS_", "RUNNER_", "AWS_", "AZURE_", "GOOGLE_", "OPENAI_", "ANTHROPIC_")
 DEFAULT_TIMEOUT_S = 600.0
+# A time this far under the measured roofline is not a record, it is a measurement the candidate fooled.
+IMPOSSIBLE_PCT = 110.0
+# Wall time between whole-device synchronizes this much above the events' time: work hidden elsewhere.
+HIDDEN_WORK_RATIO = 1.5
+HIDDEN_WORK_MIN_US = 2.0
+
+
+@dataclass
+class TimingPlan:
+    """Which shapes to time and how; travels to the worker as JSON."""
+
+    shapes: list[dict[str, int]]
+    dtype: str
+    warmup_ms: float = 25.0
+    rep_ms: float = 100.0
+    min_reps: int = 20
+    max_reps: int = 1000
+    flush_l2: bool = True
+    cuda_graph: bool = False
+    input_sets: int = 1
+    seed: int = 1
+    baselines: tuple[str, ...] = field(default=("eager", "vendor", "compile"))
+
+    @classmethod
+    def for_task(cls, task: KernelTask, device: str) -> TimingPlan:
+        """The benchmark shapes in bf16 (when the task allows it) on a GPU; one small shape, briefly, on the
+        CPU interpreter, where the numbers only show that timing works."""
+        spec = task.spec
+        dtype = "bf16" if "bf16" in spec.dtypes else spec.dtypes[0]
+        if device == "cpu":
+            return cls(shapes=[dict(spec.test_shapes[len(spec.test_shapes) // 2])], dtype=spec.dtypes[0],
+                       warmup_ms=1.0, rep_ms=10.0, min_reps=3, max_reps=10, flush_l2=False, baselines=())
+        return cls(shapes=[dict(s) for s in spec.bench_shapes], dtype=dtype)
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def child_environment(env: Mapping[str, str] | None = None, device: str = "cpu") -> dict[str, str]:
@@ -149,6 +185,7 @@ def resolve_device(device: str | None) -> str:
 def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = None,
              timeout: float = DEFAULT_TIMEOUT_S, seed: int | None = None, stages: tuple[str, ...] | None = None,
              include_bench_shapes: bool | None = None, work_dir: Path | None = None,
+             timing: TimingPlan | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Static checks, then the worker, then judgement: the whole correctness gate for one candidate."""
     from autokernel_ci.harness import anticheat
@@ -167,11 +204,11 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
                         candidate_sha256=hashlib.sha256(source.encode()).hexdigest(),
                         device=_device_label(device), representative_timing=False, environment=_environment())
 
-    findings = anticheat.scan_source(source, allow=task.allow)
+    findings = anticheat.scan_source(source, allow=task.allow, entry=task.entry)
     syntax = [f for f in findings if f.rule == "static.syntax"]
     if syntax:
-        return _finish(result, Status.CRASH, f"the candidate does not compile: {syntax[0].message}", started,
-                       findings=syntax)
+        return _finish(result, Status.CRASH, f"the candidate does not compile ({syntax[0].where()}): "
+                       f"{syntax[0].message}", started, findings=syntax)
     if findings:
         return _finish(result, Status.REJECTED, _findings_message(findings), started, findings=findings)
 
@@ -179,7 +216,8 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
                                    include_bench_shapes=include_bench_shapes)
     result.seeds = [c.seed for c in cases]
     request = {"task": task.to_wire(), "candidate": str(path.resolve()), "device": device,
-               "cases": [c.to_wire() for c in cases], "poison": True}
+               "cases": [c.to_wire() for c in cases], "poison": True,
+               "timing": timing.to_wire() if timing else None}
     with tempfile.TemporaryDirectory(prefix="autokernel-eval-", dir=work_dir) as tmp:
         progress = (lambda done: on_progress(done, len(cases))) if on_progress else None
         run = run_worker(request, Path(tmp), timeout, child_environment(device=device), progress)
@@ -195,10 +233,111 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
         problem = validate_worker_result(data, len(cases))
         if problem:
             return _finish(result, Status.CRASH, problem, started)
-        dynamic = _dynamic_findings(task, data, anticheat)
+        dynamic = _dynamic_findings(task, data, anticheat, cases, device)
         if dynamic:
             return _finish(result, Status.REJECTED, _findings_message(dynamic), started, findings=dynamic)
-        return _judge(task, cases, data, Path(tmp), device, plan_notes, result, started)
+        result = _judge(task, cases, data, Path(tmp), device, plan_notes, result, started)
+    if result.status is Status.PASS and timing is not None:
+        result = _attach_timings(task, data, timing, device, result, work_dir)
+        suspicious = timing_findings(result)
+        if suspicious:
+            return _finish(result, Status.REJECTED, _findings_message(suspicious), started, findings=suspicious)
+        result.duration_s = round(time.monotonic() - started, 3)
+    return result
+
+
+def _attach_timings(task: KernelTask, data: dict[str, Any], plan: TimingPlan, device: str, result: EvalResult,
+                    work_dir: Path | None) -> EvalResult:
+    """ShapeTimings with bytes, flops and % of roofline, and the baselines measured in a clean process."""
+    from autokernel_ci.harness.device import get_ceilings
+
+    ceilings = get_ceilings() if device == "cuda" else None
+    baselines = measure_baselines(task, plan, device, work_dir) if plan.baselines else {}
+    result.representative_timing = device == "cuda"
+    for raw in data.get("timings", []):
+        timing = _shape_timing(task, raw, ceilings)
+        key = _shape_key(raw["shape"], raw["dtype"])
+        timing.baselines_us = {name: t for (k, name), t in baselines.items() if k == key}
+        result.timings.append(timing)
+    return result
+
+
+def _shape_timing(task: KernelTask, raw: dict[str, Any], ceilings: Any):
+    from autokernel_ci.harness.device import pct_of_roofline
+    from autokernel_ci.ops.base import DTYPES
+    from autokernel_ci.results import ShapeTiming
+
+    spec = task.spec
+    dtype = DTYPES[raw["dtype"]]
+    nbytes = spec.bytes_moved(raw["shape"], dtype)
+    nflops = spec.flops(raw["shape"], dtype)
+    pct, source = (None, None)
+    if raw["median_us"] > 0:
+        kind = "tf32" if raw["dtype"] == "fp32" and spec.bound == "compute" else raw["dtype"]
+        pct, source = pct_of_roofline(nbytes, nflops, kind, raw["median_us"] * 1e-6, ceilings, spec.bound)
+    return ShapeTiming(shape=dict(raw["shape"]), dtype=raw["dtype"], median_us=raw["median_us"],
+                       iqr_us=raw["iqr_us"], count=raw["count"], samples_us=list(raw["samples_us"]),
+                       bytes_moved=nbytes, flops=nflops, pct_roofline=pct, roofline_source=source,
+                       sync_us=raw.get("sync_us"), batch_events_us=raw.get("batch_events_us"),
+                       representative=bool(raw.get("representative")))
+
+
+def _shape_key(shape: dict[str, int], dtype: str) -> str:
+    return json.dumps([sorted(shape.items()), dtype])
+
+
+def timing_findings(result: EvalResult) -> list[Finding]:
+    """REJECTED, not a record: faster than the measured roofline allows, or work the events did not see."""
+    findings = []
+    for t in result.timings:
+        if not t.representative:
+            continue
+        label = "×".join(map(str, t.shape.values())) + f" {t.dtype}"
+        if t.pct_roofline is not None and t.pct_roofline > IMPOSSIBLE_PCT:
+            findings.append(Finding(
+                rule="timing.impossible", operator=label,
+                message=f"measured {t.median_us:.2f} µs is {t.pct_roofline:.0f}% of the {t.roofline_source} roofline: "
+                        "faster than the hardware allows, so the timing was fooled, not beaten"))
+        if t.sync_us and t.batch_events_us and t.sync_us > HIDDEN_WORK_RATIO * t.batch_events_us \
+                and t.sync_us - t.batch_events_us > HIDDEN_WORK_MIN_US:
+            findings.append(Finding(
+                rule="timing.side-stream", operator=label,
+                message=f"a whole-device synchronize saw {t.sync_us:.2f} µs per call where the stream's events saw "
+                        f"{t.batch_events_us:.2f} µs: work runs outside the timed stream"))
+    return findings
+
+
+def measure_baselines(task: KernelTask, plan: TimingPlan, device: str,
+                      work_dir: Path | None = None) -> dict[tuple[str, str], float]:
+    """{(shape key, baseline name): median µs}, timed in a worker with no candidate; cached per device,
+    torch version, task and shape, since none of those changes between experiments."""
+    import torch
+
+    from autokernel_ci.harness.device import cache_root
+
+    device_name = _device_label(device)
+    ident = json.dumps([device_name, torch.__version__, task.to_wire(), asdict(plan)], sort_keys=True)
+    cache = cache_root() / "baselines" / (hashlib.sha256(ident.encode()).hexdigest()[:24] + ".json")
+    if cache.is_file():
+        try:
+            rows = json.loads(cache.read_text())
+            return {(r[0], r[1]): float(r[2]) for r in rows}
+        except (OSError, ValueError, IndexError, TypeError):
+            pass
+    request = {"task": task.to_wire(), "candidate": None, "device": device, "cases": [], "timing": plan.to_wire()}
+    with tempfile.TemporaryDirectory(prefix="autokernel-baselines-", dir=work_dir) as tmp:
+        run = run_worker(request, Path(tmp), DEFAULT_TIMEOUT_S, child_environment(device=device))
+    rows = []
+    for raw in (run.result or {}).get("baselines", []):
+        if isinstance(raw, dict) and isinstance(raw.get("median_us"), (int, float)):
+            rows.append([_shape_key(raw["shape"], raw["dtype"]), raw["baseline"], float(raw["median_us"])])
+    if rows:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(rows))
+        except OSError:
+            pass
+    return {(r[0], r[1]): r[2] for r in rows}
 
 
 def _judge(task, cases, data, out_dir: Path, device: str, plan_notes: list[str], result: EvalResult,
@@ -235,13 +374,30 @@ def _judge(task, cases, data, out_dir: Path, device: str, plan_notes: list[str],
     return _finish(result, Status.PASS, message, started)
 
 
-def _dynamic_findings(task, data: dict[str, Any], anticheat) -> list[Finding]:
+def _dynamic_findings(task, data: dict[str, Any], anticheat, cases, device: str) -> list[Finding]:
     findings = [Finding(**f) for f in data.get("module_state", []) if isinstance(f, dict)]
     ops: set[str] = set()
     for case in data["cases"]:
         ops.update(str(op) for op in case.get("ops", {}))
-    findings += anticheat.classify_ops(sorted(ops), allowed=task.allow)
+    allowed = tuple(task.allow)
+    if task.kind == "kernelbench":
+        # A KernelBench ModelNew may keep some of Model's layers in PyTorch; what it may not do is run
+        # the operators the reference itself runs (that is the work it claims to have replaced).
+        allowed += tuple(sorted(ops - _reference_ops(task, cases[0], device, anticheat)))
+    findings += anticheat.classify_ops(sorted(ops), allowed=allowed)
     return findings
+
+
+def _reference_ops(task, case, device: str, anticheat) -> set[str]:
+    from autokernel_ci.harness.correctness import make_case_inputs
+    from autokernel_ci.tasks import task_inputs_from_wire
+
+    make_inputs = task_inputs_from_wire(task.to_wire())[0]
+    args = make_case_inputs(make_inputs, case, device)
+    recorder = anticheat.OpRecorder()
+    with recorder:
+        task.spec.reference(*args, seed=case.seed)
+    return set(recorder.counts())
 
 
 def _findings_message(findings: list[Finding]) -> str:

@@ -4,9 +4,12 @@
 
 It draws each case's inputs from the seed in the request, calls the candidate, and writes back the
 outputs (`case_<i>.pt`) and what it observed (`result.json`): exceptions, inputs that changed, the
-torch operators the call ran, and any change to the module state the harness relies on. It decides
-nothing: the parent judges, out of the candidate's reach. Exit codes: 0 done, 3 the candidate failed
-to import, anything else (a signal, os._exit) is a crash.
+torch operators the call ran, any change to the module state the harness relies on, and, when asked,
+timings. It decides nothing: the parent judges, out of the candidate's reach. Exit codes: 0 done,
+3 the candidate failed to import; anything else (a signal, an early os._exit) is a crash.
+
+With no candidate in the request it times the baselines instead (eager reference, vendor op,
+`torch.compile` of the reference), in a process the candidate never touched.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +27,39 @@ PROTOCOL = 1
 EXIT_IMPORT_FAILED = 3
 
 
+@dataclass
+class _Context:
+    torch: Any
+    anticheat: Any
+    make_inputs: Any
+    task_module: Any
+    wire: dict[str, Any]
+    device: str
+    out_dir: Path
+
+
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
     out_dir = Path(request["out_dir"])
-    progress = open(out_dir / "progress.log", "a", buffering=1)  # noqa: SIM115 - lives as long as the worker
 
     import torch
 
     from autokernel_ci.harness import anticheat
-    from autokernel_ci.harness.correctness import Case, make_case_inputs
-    from autokernel_ci.tasks import kernelbench_model, load_module_from_path, task_inputs_from_wire
+    from autokernel_ci.tasks import task_inputs_from_wire
 
-    device = request["device"]
     wire = request["task"]
     make_inputs, task_module = task_inputs_from_wire(wire)
-    result: dict[str, Any] = {"protocol": PROTOCOL, "cases": [], "module_state": [], "import_error": None}
+    ctx = _Context(torch, anticheat, make_inputs, task_module, wire, request["device"], out_dir)
+    result: dict[str, Any] = {"protocol": PROTOCOL, "cases": [], "module_state": [], "import_error": None,
+                              "timings": [], "baselines": []}
+    if request.get("candidate") is None:
+        result["baselines"] = _time_baselines(ctx, request.get("timing") or {})
+        _write_result(out_dir, result)
+        return 0
 
     state_before = anticheat.snapshot_module_state()
     try:
-        sys.path.insert(0, str(Path(request["candidate"]).resolve().parent))
-        candidate = load_module_from_path(Path(request["candidate"]), name="autokernel_candidate")
-        entry = getattr(candidate, wire["entry"], None)
-        if entry is None or not callable(entry):
-            raise AttributeError(f"the candidate defines no callable {wire['entry']!r}")
+        entry = _import_candidate(Path(request["candidate"]), wire["entry"])
     except BaseException as exc:  # noqa: BLE001 - anything at import is the candidate's failure
         result["import_error"] = _describe(exc)
         _write_result(out_dir, result)
@@ -57,32 +71,56 @@ def main(argv: list[str]) -> int:
     if request.get("poison", True):
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = True
+    from autokernel_ci.harness.correctness import Case
 
-    for raw in request["cases"]:
-        case = Case(**raw)
-        progress.write(f"{case.index}\n")
-        result["cases"].append(_run_case(case, entry, make_inputs, task_module, wire, device, out_dir,
-                                         torch, anticheat, kernelbench_model, make_case_inputs))
+    with open(out_dir / "progress.log", "a", buffering=1) as progress:
+        for raw in request["cases"]:
+            case = Case(**raw)
+            progress.write(f"{case.index}\n")
+            result["cases"].append(_run_case(ctx, case, entry))
+    if request.get("timing") and not any(c["error"] or c["output_problem"] for c in result["cases"]):
+        torch.use_deterministic_algorithms(False)
+        result["timings"] = _time_candidate(ctx, entry, request["timing"])
     result["module_state"] += _state_changes(anticheat, state_before)
     _write_result(out_dir, result)
     return 0
 
 
-def _run_case(case, entry, make_inputs, task_module, wire, device, out_dir, torch, anticheat, kernelbench_model,
-              make_case_inputs) -> dict[str, Any]:
+def _import_candidate(path: Path, entry_name: str):
+    from autokernel_ci.tasks import load_module_from_path
+
+    sys.path.insert(0, str(path.resolve().parent))
+    candidate = load_module_from_path(path, name="autokernel_candidate")
+    entry = getattr(candidate, entry_name, None)
+    if entry is None or not callable(entry):
+        raise AttributeError(f"the candidate defines no callable {entry_name!r}")
+    return entry
+
+
+def _callable_for(ctx: _Context, entry: Any, seed: int):
+    """kernel_fn as it is; a KernelBench class instantiated the way the reference model is."""
+    if ctx.wire["kind"] != "kernelbench":
+        return entry
+    from autokernel_ci.tasks import kernelbench_model
+
+    return kernelbench_model(ctx.task_module, entry, seed, ctx.device)
+
+
+def _run_case(ctx: _Context, case: Any, entry: Any) -> dict[str, Any]:
+    from autokernel_ci.harness.correctness import make_case_inputs
+
+    torch = ctx.torch
     report: dict[str, Any] = {"index": case.index, "error": None, "inputs_changed": [], "output_problem": None,
                               "ops": {}, "seconds": 0.0}
-    args = make_case_inputs(make_inputs, case, device)
+    args = make_case_inputs(ctx.make_inputs, case, ctx.device)
     pristine = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-    fn = entry
-    if wire["kind"] == "kernelbench":
-        fn = kernelbench_model(task_module, entry, case.seed, device)
-    recorder = anticheat.OpRecorder()
+    recorder = ctx.anticheat.OpRecorder()
     start = time.perf_counter()
     try:
+        fn = _callable_for(ctx, entry, case.seed)
         with torch.no_grad(), recorder:
             out = fn(*args)
-        if device == "cuda":
+        if ctx.device == "cuda":
             torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - the candidate's exception is evidence, not our failure
         report["error"] = _describe(exc)
@@ -97,13 +135,78 @@ def _run_case(case, entry, make_inputs, task_module, wire, device, out_dir, torc
     for i, o in enumerate(outs):
         if type(o) is not torch.Tensor:
             problems.append(f"output {i} is a {type(o).__module__}.{type(o).__name__}, not a plain torch.Tensor")
-        elif o.device.type != torch.device(device).type:
-            problems.append(f"output {i} is on {o.device}, expected {device}")
+        elif o.device.type != torch.device(ctx.device).type:
+            problems.append(f"output {i} is on {o.device}, expected {ctx.device}")
     if problems:
         report["output_problem"] = "; ".join(problems)
         return report
-    torch.save(tuple(o.detach().to("cpu", copy=True) for o in outs), out_dir / f"case_{case.index}.pt")
+    torch.save(tuple(o.detach().to("cpu", copy=True) for o in outs), ctx.out_dir / f"case_{case.index}.pt")
     return report
+
+
+def _input_sets(ctx: _Context, shape: dict[str, int], dtype: str, seed: int, count: int) -> list[tuple[Any, ...]]:
+    from autokernel_ci.harness.correctness import Case, make_case_inputs
+
+    return [make_case_inputs(ctx.make_inputs, Case(-1, "timing", shape, dtype, seed + k), ctx.device)
+            for k in range(count)]
+
+
+def _timing_options(plan: dict[str, Any]) -> dict[str, Any]:
+    keys = ("warmup_ms", "rep_ms", "min_reps", "max_reps", "flush_l2", "cuda_graph")
+    return {k: plan[k] for k in keys if k in plan}
+
+
+def _time_candidate(ctx: _Context, entry: Any, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    from autokernel_ci.harness.timing import time_fn
+
+    out = []
+    for shape in plan["shapes"]:
+        sets = _input_sets(ctx, shape, plan["dtype"], plan.get("seed", 1), plan.get("input_sets", 1))
+        fn = _callable_for(ctx, entry, plan.get("seed", 1))
+        samples = time_fn(fn, input_sets=sets, device=ctx.device, **_timing_options(plan))
+        out.append({"shape": shape, "dtype": plan["dtype"], **samples.to_dict()})
+    return out
+
+
+def _time_baselines(ctx: _Context, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Eager reference, vendor op and torch.compile of the reference, each timed like a candidate."""
+    from autokernel_ci.harness.timing import time_fn
+
+    torch = ctx.torch
+    fns = _baseline_functions(ctx)
+    out = []
+    for shape in plan.get("shapes", []):
+        sets = _input_sets(ctx, shape, plan["dtype"], plan.get("seed", 1), plan.get("input_sets", 1))
+        for name in plan.get("baselines", ("eager", "vendor", "compile")):
+            fn = fns.get(name)
+            if fn is None:
+                continue
+            try:
+                with torch.no_grad():
+                    samples = time_fn(fn, input_sets=sets, device=ctx.device, **_timing_options(plan))
+            except Exception as exc:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
+                out.append({"shape": shape, "dtype": plan["dtype"], "baseline": name, "error": _describe(exc)})
+                continue
+            out.append({"shape": shape, "dtype": plan["dtype"], "baseline": name, **samples.to_dict()})
+    return out
+
+
+def _baseline_functions(ctx: _Context) -> dict[str, Any]:
+    torch = ctx.torch
+    if ctx.wire["kind"] == "kernelbench":
+        from autokernel_ci.tasks import kernelbench_model
+
+        model = kernelbench_model(ctx.task_module, ctx.task_module.Model, 1, ctx.device)
+        return {"eager": model, "compile": torch.compile(model)}
+    if ctx.wire.get("op"):
+        from autokernel_ci.ops import get_op
+
+        spec = get_op(ctx.wire["op"])
+        fns = {"eager": spec.reference, "compile": torch.compile(spec.reference)}
+        if spec.vendor is not None:
+            fns["vendor"] = spec.vendor
+        return fns
+    return {}
 
 
 def _state_changes(anticheat, before) -> list[dict[str, Any]]:
@@ -130,7 +233,7 @@ def _describe(exc: BaseException) -> str:
 
 def _write_result(out_dir: Path, result: dict[str, Any]) -> None:
     tmp = out_dir / "result.json.tmp"
-    tmp.write_text(json.dumps(result))
+    tmp.write_text(json.dumps(result, allow_nan=True))
     os.replace(tmp, out_dir / "result.json")
 
 

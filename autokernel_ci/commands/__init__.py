@@ -1,0 +1,59 @@
+"""One module per `autokernel-ci` command: `add_parser(subparsers)` and `run(args) -> exit status`.
+
+Command modules import nothing heavy at module level, so `autokernel-ci --help` stays instant.
+The registry is `COMMANDS`; adding a command is one module and one line here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from autokernel_ci.errors import AutokernelError
+
+COMMANDS: tuple[str, ...] = ("eval", "bench", "calibrate")
+
+EXIT_NOT_PASSED = 1
+
+
+def require_file(path: str, what: str) -> None:
+    if not Path(path).is_file():
+        raise AutokernelError(f"{what} file not found: {path}")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    try:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    except OSError as exc:
+        raise AutokernelError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def progress_printer(label: str) -> Callable[[int, int], None] | None:
+    """A one-line progress display on a terminal; nothing in logs (CI output stays clean)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\r{label}: case {done}/{total} ")
+        sys.stderr.flush()
+
+    return show
+
+
+def clear_progress() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
