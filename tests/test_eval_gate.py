@@ -183,3 +183,10 @@ def test_kernelbench_file_with_modelnew_passes(tmp_path: Path) -> None:
     assert result.status is Status.PASS, result.message
     wrong = source.replace("tl.maximum(x, 0.0)", "tl.maximum(x, 0.01)")
     assert run(tmp_path, wrong, task=task).status is Status.FAIL
+
+
+def test_replaying_an_earlier_output_is_refused_before_it_runs(tmp_path: Path) -> None:
+    source = (ROOT / "tests" / "cheats" / "replay_after_warmup.py").read_text()
+    result = run(tmp_path, source, task=builtin_task("softmax"), stages=("smoke",))
+    assert result.status is Status.REJECTED
+    assert {f.rule for f in result.findings} == {"static.cache"}

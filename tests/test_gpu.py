@@ -1,0 +1,48 @@
+"""On a CUDA GPU (run through the device tool: `pytest -m gpu`): every built-in starter kernel passes the
+gate at its benchmark shapes, and the timing checks catch what only a GPU timing can show."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from autokernel_ci.harness.sandbox import TimingPlan, evaluate
+from autokernel_ci.ops import OP_NAMES, starter_source
+from autokernel_ci.results import Status
+from autokernel_ci.tasks import builtin_task
+
+pytestmark = pytest.mark.gpu
+CHEATS = Path(__file__).parent / "cheats"
+
+
+def _softmax_task_allowing(*rules: str):
+    task = builtin_task("softmax")
+    return dataclasses.replace(task, allow=tuple(task.allow) + rules)
+
+
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_builtin_starter_kernel_passes_at_benchmark_shapes(tmp_path: Path, op: str) -> None:
+    path = tmp_path / f"{op}.py"
+    path.write_text(starter_source(op))
+    task = builtin_task(op)
+    result = evaluate(task, path, device="cuda", timing=TimingPlan.for_task(task, "cuda"))
+    assert result.status is Status.PASS, result.message
+    checked = {tuple(c.shape.values()) for s in result.stages for c in s.cases}
+    assert all(tuple(b.values()) in checked for b in task.spec.bench_shapes)
+    assert result.timings and all(t.representative and t.pct_roofline for t in result.timings)
+
+
+def test_work_hidden_on_a_side_stream_is_rejected(tmp_path: Path) -> None:
+    task = _softmax_task_allowing("static.cuda-stream")
+    result = evaluate(task, CHEATS / "side_stream.py", device="cuda", timing=TimingPlan.for_task(task, "cuda"))
+    assert result.status is Status.REJECTED, result.message
+    assert {f.rule for f in result.findings} & {"timing.side-stream", "timing.impossible"}
+
+
+def test_faster_than_the_roofline_is_rejected_not_recorded(tmp_path: Path) -> None:
+    task = _softmax_task_allowing("static.cache")
+    result = evaluate(task, CHEATS / "replay_after_warmup.py", device="cuda", timing=TimingPlan.for_task(task, "cuda"))
+    assert result.status is Status.REJECTED, result.message
+    assert "timing.impossible" in {f.rule for f in result.findings}
