@@ -77,7 +77,7 @@ def _calibration(cache_dir: str | None) -> dict[str, Any]:
     elapsed = time.perf_counter() - t0
     sheet = dev.datasheet_ceilings(measured.device)
     print(f"calibration ({elapsed:.1f} s, cached at {dev.ceilings_path(measured.device, cache_dir)}):")
-    print(f"  {'ceiling':<22}{'measured':>14}{'datasheet':>14}{'ratio':>8}   median / IQR / n")
+    print(f"  {'ceiling':<30}{'measured':>14}{'datasheet':>14}{'ratio':>8}   median / IQR / n")
     timings = measured.details["timings"]
     rows = [("copy bandwidth TB/s", measured.bandwidth_bytes_per_s, sheet and sheet.bandwidth_bytes_per_s, "copy")]
     for kind in dev.MATMUL_KINDS:
@@ -88,7 +88,7 @@ def _calibration(cache_dir: str | None) -> dict[str, Any]:
         ratio = f"{value / reference:.2f}" if reference else "-"
         ref = f"{reference / 1e12:.1f}" if reference else "-"
         spread = f"{t['median_us']:.1f} µs / {t['iqr_us']:.1f} / {t['count']}"
-        print(f"  {label:<22}{value / 1e12:>14.2f}{ref:>14}{ratio:>8}   {spread}")
+        print(f"  {label:<30}{value / 1e12:>14.2f}{ref:>14}{ratio:>8}   {spread}")
     print()
     return {"measured": measured.to_dict(), "datasheet": sheet.to_dict() if sheet else None, "seconds": elapsed}
 
