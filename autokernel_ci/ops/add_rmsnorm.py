@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokernel_ci.ops.base import OpSpec, activation, element_size
+from autokernel_ci.ops.base import OpSpec, Tunable, activation, element_size
 
 
 def reference(x, residual, weight, eps: float = 1e-6):
@@ -38,6 +38,19 @@ def vendor(x, residual, weight, eps=1e-6):
     return F.rms_norm(h, (h.shape[-1],), weight, eps), h
 
 
+def constraint(config) -> str | None:
+    """A [ROWS_PER_PROGRAM, BLOCK_SIZE] fp32 tile must give each thread 1 to 64 values: more spills."""
+    block, rows, warps = (config.get(k) for k in ("BLOCK_SIZE", "ROWS_PER_PROGRAM", "NUM_WARPS"))
+    if block is None or rows is None or warps is None:
+        return None
+    per_thread = block * rows / (32 * warps)
+    if per_thread > 64:
+        return f"a {rows}×{block} tile on {warps} warps is {per_thread:g} fp32 values a thread: it would spill"
+    if per_thread < 1:
+        return f"a {rows}×{block} tile has fewer elements than {warps} warps have threads"
+    return None
+
+
 SPEC = OpSpec(
     name="add_rmsnorm",
     signature="kernel_fn(x, residual, weight, eps=1e-6)",
@@ -55,4 +68,147 @@ SPEC = OpSpec(
     # 16-bit tolerances cover that rounding as well as the output's.
     vendor=vendor,
     vendor_name="x + residual, F.rms_norm",
+    tunables=(
+        Tunable("BLOCK_SIZE", (None, 1024, 2048, 4096, 8192, 16384),
+                "columns a tile covers; a row longer than this takes two passes. None: the whole row up to 16384"),
+        Tunable("ROWS_PER_PROGRAM", (None, 1, 2, 4, 8),
+                "rows one program handles together; more amortise the weight load for short rows"),
+        Tunable("NUM_WARPS", (None, 2, 4, 8, 16, 32), "warps per program. None: about 16 values a thread"),
+    ),
+    constraint=constraint,
 )
+
+
+# === kernel file ===
+"""Residual add fused into RMSNorm, in Triton: h = x + residual; y = h / sqrt(mean(h²) + eps) · weight.
+
+Memory-bound: it reads x and residual and writes h and y, once each when the row (up to 16384
+columns) fits in registers. Longer rows write h on a first pass and read it back (mostly from L2).
+"""
+
+import torch  # noqa: E402, F811
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+# The tunable knobs; None means "chosen from the shape" by `_launch_config`.
+BLOCK_SIZE = None  # columns per tile (a power of two)
+ROWS_PER_PROGRAM = None  # rows per program (a power of two)
+NUM_WARPS = None
+
+# Rows up to this many columns are normalised in one pass, from registers.
+MAX_SINGLE_PASS = 16384
+
+
+@triton.jit
+def _add_rmsnorm_fwd_kernel(
+    X_ptr,
+    X_row_stride,
+    R_ptr,
+    R_row_stride,
+    W_ptr,
+    Y_ptr,
+    H_ptr,
+    out_row_stride,
+    n_rows,
+    n_cols,
+    eps,
+    ROWS_PER_PROGRAM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    SINGLE_PASS: tl.constexpr,
+):
+    """h_ij = x_ij + r_ij; y_ij = h_ij · rstd_i · w_j with rstd_i = 1 / sqrt(Σ_j h_ij² / n_cols + eps).
+
+    h is rounded to the input dtype before the norm, as an unfused `h = x + r; rms_norm(h)` does, so
+    y is exactly the norm of the h returned; the rest is fp32. With SINGLE_PASS the
+    [ROWS_PER_PROGRAM, BLOCK_SIZE] tile spans the row and everything comes from registers. Otherwise
+    a first walk writes h and sums h², and a second walk reads h back (one stream instead of two).
+    """
+    rows = tl.program_id(0).to(tl.int64) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
+    row_mask = rows[:, None] < n_rows
+    cols = tl.arange(0, BLOCK_SIZE)
+    x_rows = X_ptr + rows[:, None] * X_row_stride
+    r_rows = R_ptr + rows[:, None] * R_row_stride
+    y_rows = Y_ptr + rows[:, None] * out_row_stride
+    h_rows = H_ptr + rows[:, None] * out_row_stride
+    if SINGLE_PASS:
+        col_mask = cols < n_cols
+        mask = row_mask & col_mask[None, :]
+        x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        r = tl.load(r_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = (x + r).to(H_ptr.dtype.element_ty)
+        tl.store(h_rows + cols[None, :], h, mask=mask)
+        h = h.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(h * h, axis=1) / n_cols + eps)
+        w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        y = h * rstd[:, None] * w[None, :]
+        tl.store(y_rows + cols[None, :], y.to(Y_ptr.dtype.element_ty), mask=mask)
+    else:
+        sum_sq = tl.zeros((ROWS_PER_PROGRAM, BLOCK_SIZE), dtype=tl.float32)
+        for start in range(0, n_cols, BLOCK_SIZE):
+            c = start + cols
+            mask = row_mask & (c[None, :] < n_cols)
+            x = tl.load(x_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            r = tl.load(r_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            h = (x + r).to(H_ptr.dtype.element_ty)
+            tl.store(h_rows + c[None, :], h, mask=mask)
+            h = h.to(tl.float32)
+            sum_sq += h * h
+        rstd = tl.rsqrt(tl.sum(sum_sq, axis=1) / n_cols + eps)
+        # The second walk may map columns to threads differently from the first: make the block's
+        # stores of h visible to all its threads before reading them back.
+        tl.debug_barrier()
+        for start in range(0, n_cols, BLOCK_SIZE):
+            c = start + cols
+            mask = row_mask & (c[None, :] < n_cols)
+            h = tl.load(h_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            w = tl.load(W_ptr + c, mask=c < n_cols, other=0.0).to(tl.float32)
+            y = h * rstd[:, None] * w[None, :]
+            tl.store(y_rows + c[None, :], y.to(Y_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch_config(n_rows: int, n_cols: int) -> tuple[int, int, int]:
+    """(BLOCK_SIZE, ROWS_PER_PROGRAM, NUM_WARPS): the module's knobs, with None filled from the shape."""
+    block = BLOCK_SIZE
+    if block is None:
+        block = triton.next_power_of_2(n_cols) if n_cols <= MAX_SINGLE_PASS else 8192
+    rows = ROWS_PER_PROGRAM
+    if rows is None:
+        # Short rows: pack several per program so a tile has ~4096 values, while keeping about two
+        # programs per SM (132 on an H100) when there are enough rows.
+        rows = max(1, min(4096 // block, triton.next_power_of_2(triton.cdiv(n_rows, 264))))
+    warps = NUM_WARPS
+    if warps is None:
+        # ~16 values a thread: 16-byte vector loads for 16-bit types, and few enough registers.
+        warps = min(16, max(1, block * rows // 512))
+    return block, rows, warps
+
+
+def _as_rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """A [rows, n_cols] view with unit column stride; copies only when no such view exists."""
+    if t.dim() == 2 and t.stride(-1) == 1:
+        return t
+    return t.contiguous().view(-1, n_cols)
+
+
+def kernel_fn(x, residual, weight, eps=1e-6):
+    if x.dim() == 0:
+        raise ValueError("add_rmsnorm needs x with at least one dim; the last dim is normalised")
+    if residual.shape != x.shape or residual.dtype != x.dtype:
+        raise ValueError(f"residual must match x in shape and dtype; got {tuple(residual.shape)} {residual.dtype} "
+                         f"for x {tuple(x.shape)} {x.dtype}")
+    n_cols = x.shape[-1]
+    if tuple(weight.shape) != (n_cols,):
+        raise ValueError(f"weight must have shape ({n_cols},) to match x's last dim; got {tuple(weight.shape)}")
+    x2, r2 = _as_rows(x, n_cols), _as_rows(residual, n_cols)
+    n_rows = x2.shape[0]
+    y = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    h = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    if n_rows == 0 or n_cols == 0:
+        return y.view(x.shape), h.view(x.shape)
+    block, rows, warps = _launch_config(n_rows, n_cols)
+    grid = (triton.cdiv(n_rows, rows),)
+    _add_rmsnorm_fwd_kernel[grid](
+        x2, x2.stride(0), r2, r2.stride(0), weight.contiguous(), y, h, y.stride(0), n_rows, n_cols, eps,
+        ROWS_PER_PROGRAM=rows, BLOCK_SIZE=block, SINGLE_PASS=block >= n_cols, num_warps=warps,
+    )
+    return y.view(x.shape), h.view(x.shape)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokernel_ci.ops.base import OpSpec, activation, element_size
+from autokernel_ci.ops.base import OpSpec, Tunable, activation, element_size
 
 
 def reference(x, weight, bias, eps: float = 1e-5):
@@ -36,6 +36,19 @@ def vendor(x, weight, bias, eps=1e-5):
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
+def constraint(config) -> str | None:
+    """A [ROWS_PER_PROGRAM, BLOCK_SIZE] fp32 tile must give each thread 1 to 64 values: more spills."""
+    block, rows, warps = (config.get(k) for k in ("BLOCK_SIZE", "ROWS_PER_PROGRAM", "NUM_WARPS"))
+    if block is None or rows is None or warps is None:
+        return None
+    per_thread = block * rows / (32 * warps)
+    if per_thread > 64:
+        return f"a {rows}×{block} tile on {warps} warps is {per_thread:g} fp32 values a thread: it would spill"
+    if per_thread < 1:
+        return f"a {rows}×{block} tile has fewer elements than {warps} warps have threads"
+    return None
+
+
 SPEC = OpSpec(
     name="layernorm",
     signature="kernel_fn(x, weight, bias, eps=1e-5)",
@@ -51,4 +64,143 @@ SPEC = OpSpec(
     decode_shapes=({"rows": 1, "dim": 4096}, {"rows": 4, "dim": 4096}, {"rows": 16, "dim": 4096}),
     vendor=vendor,
     vendor_name="F.layer_norm",
+    tunables=(
+        Tunable("BLOCK_SIZE", (None, 1024, 2048, 4096, 8192, 16384),
+                "columns a tile covers; a row longer than this takes two passes. None: the whole row up to 16384"),
+        Tunable("ROWS_PER_PROGRAM", (None, 1, 2, 4, 8),
+                "rows one program handles together; more amortise the weight load for short rows"),
+        Tunable("NUM_WARPS", (None, 2, 4, 8, 16, 32), "warps per program. None: about 16 values a thread"),
+    ),
+    constraint=constraint,
 )
+
+
+# === kernel file ===
+"""LayerNorm forward in Triton: y = (x − mean) / sqrt(var + eps) · weight + bias over the last dim.
+
+Memory-bound: it reads x and writes y once, so the aim is one pass at full bandwidth. A row of up to
+16384 columns is held in registers (one read of x); longer rows take a second pass over x.
+"""
+
+import torch  # noqa: E402, F811
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+# The tunable knobs; None means "chosen from the shape" by `_launch_config`.
+BLOCK_SIZE = None  # columns per tile (a power of two)
+ROWS_PER_PROGRAM = None  # rows per program (a power of two)
+NUM_WARPS = None
+
+# Rows up to this many columns are normalised in one pass, from registers.
+MAX_SINGLE_PASS = 16384
+
+
+@triton.jit
+def _layernorm_fwd_kernel(
+    X_ptr,
+    X_row_stride,
+    W_ptr,
+    B_ptr,
+    Y_ptr,
+    Y_row_stride,
+    n_rows,
+    n_cols,
+    eps,
+    ROWS_PER_PROGRAM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    SINGLE_PASS: tl.constexpr,
+):
+    """y_ij = (x_ij − μ_i) · rstd_i · w_j + b_j, μ_i = Σ_j x_ij / n, rstd_i = 1 / sqrt(Σ_j (x_ij − μ_i)² / n + eps).
+
+    Ba, Kiros & Hinton, "Layer Normalization" (2016); biased variance, as torch. All maths in fp32.
+    Each row is first shifted by its own first element, d = x − x_i0: the mean and variance of d are
+    those of x minus a constant, so a row of equal values gives d = 0 exactly and y = bias exactly,
+    and the sums lose no precision to a large common offset.
+    With SINGLE_PASS the [ROWS_PER_PROGRAM, BLOCK_SIZE] tile spans the row and the exact two-step
+    variance Σ(d − mean_d)² is taken from registers. Otherwise a first walk over the row sums d and d²
+    (var = E[d²] − E[d]², safe after the shift) and a second walk normalises.
+    """
+    rows = tl.program_id(0).to(tl.int64) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
+    row_mask = rows[:, None] < n_rows
+    cols = tl.arange(0, BLOCK_SIZE)
+    x_rows = X_ptr + rows[:, None] * X_row_stride
+    y_rows = Y_ptr + rows[:, None] * Y_row_stride
+    shift = tl.load(x_rows, mask=row_mask, other=0.0).to(tl.float32)
+    if SINGLE_PASS:
+        col_mask = cols < n_cols
+        mask = row_mask & col_mask[None, :]
+        x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - shift, 0.0)
+        mean_d = tl.sum(d, axis=1) / n_cols
+        centred = tl.where(mask, d - mean_d[:, None], 0.0)
+        rstd = tl.rsqrt(tl.sum(centred * centred, axis=1) / n_cols + eps)
+        w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        b = tl.load(B_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        y = centred * rstd[:, None] * w[None, :] + b[None, :]
+        tl.store(y_rows + cols[None, :], y.to(Y_ptr.dtype.element_ty), mask=mask)
+    else:
+        sum_d = tl.zeros((ROWS_PER_PROGRAM, BLOCK_SIZE), dtype=tl.float32)
+        sum_d2 = tl.zeros((ROWS_PER_PROGRAM, BLOCK_SIZE), dtype=tl.float32)
+        for start in range(0, n_cols, BLOCK_SIZE):
+            c = start + cols
+            mask = row_mask & (c[None, :] < n_cols)
+            x = tl.load(x_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            d = tl.where(mask, x - shift, 0.0)
+            sum_d += d
+            sum_d2 += d * d
+        mean_d = tl.sum(sum_d, axis=1) / n_cols
+        var = tl.maximum(tl.sum(sum_d2, axis=1) / n_cols - mean_d * mean_d, 0.0)
+        rstd = tl.rsqrt(var + eps)
+        for start in range(0, n_cols, BLOCK_SIZE):
+            c = start + cols
+            mask = row_mask & (c[None, :] < n_cols)
+            x = tl.load(x_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            w = tl.load(W_ptr + c, mask=c < n_cols, other=0.0).to(tl.float32)
+            b = tl.load(B_ptr + c, mask=c < n_cols, other=0.0).to(tl.float32)
+            y = (x - shift - mean_d[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
+            tl.store(y_rows + c[None, :], y.to(Y_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch_config(n_rows: int, n_cols: int) -> tuple[int, int, int]:
+    """(BLOCK_SIZE, ROWS_PER_PROGRAM, NUM_WARPS): the module's knobs, with None filled from the shape."""
+    block = BLOCK_SIZE
+    if block is None:
+        block = triton.next_power_of_2(n_cols) if n_cols <= MAX_SINGLE_PASS else 8192
+    rows = ROWS_PER_PROGRAM
+    if rows is None:
+        # Short rows: pack several per program so a tile has ~4096 values, while keeping about two
+        # programs per SM (132 on an H100) when there are enough rows.
+        rows = max(1, min(4096 // block, triton.next_power_of_2(triton.cdiv(n_rows, 264))))
+    warps = NUM_WARPS
+    if warps is None:
+        # ~16 values a thread: 16-byte vector loads for 16-bit types, and few enough registers.
+        warps = min(16, max(1, block * rows // 512))
+    return block, rows, warps
+
+
+def _as_rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """A [rows, n_cols] view with unit column stride; copies only when no such view exists."""
+    if t.dim() == 2 and t.stride(-1) == 1:
+        return t
+    return t.contiguous().view(-1, n_cols)
+
+
+def kernel_fn(x, weight, bias, eps=1e-5):
+    if x.dim() == 0:
+        raise ValueError("layernorm needs x with at least one dim; the last dim is normalised")
+    n_cols = x.shape[-1]
+    for name, param in (("weight", weight), ("bias", bias)):
+        if tuple(param.shape) != (n_cols,):
+            raise ValueError(f"{name} must have shape ({n_cols},) to match x's last dim; got {tuple(param.shape)}")
+    x2 = _as_rows(x, n_cols)
+    n_rows = x2.shape[0]
+    y = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    if n_rows == 0 or n_cols == 0:
+        return y.view(x.shape)
+    block, rows, warps = _launch_config(n_rows, n_cols)
+    grid = (triton.cdiv(n_rows, rows),)
+    _layernorm_fwd_kernel[grid](
+        x2, x2.stride(0), weight.contiguous(), bias.contiguous(), y, y.stride(0), n_rows, n_cols, eps,
+        ROWS_PER_PROGRAM=rows, BLOCK_SIZE=block, SINGLE_PASS=block >= n_cols, num_warps=warps,
+    )
+    return y.view(x.shape)
