@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autokernel_ci.ops.base import OpSpec, activation, element_size
+from autokernel_ci.ops.base import OpSpec, Tunable, activation, element_size
 
 
 def reference(logits, targets):
@@ -36,6 +36,19 @@ def vendor(logits, targets):
     return F.cross_entropy(logits.float(), targets)
 
 
+def constraint(config) -> str | None:
+    """Each thread keeps a running max and sum for BLOCK_SIZE / (32 · NUM_WARPS) lanes: 1 to 32 of them."""
+    block, warps = config.get("BLOCK_SIZE"), config.get("NUM_WARPS")
+    if block is None or warps is None:
+        return None
+    per_thread = block / (32 * warps)
+    if per_thread > 32:
+        return f"BLOCK_SIZE={block} on {warps} warps is {per_thread:g} lanes of state a thread: it would spill"
+    if per_thread < 1:
+        return f"BLOCK_SIZE={block} is smaller than the {32 * warps} threads of {warps} warps"
+    return None
+
+
 SPEC = OpSpec(
     name="cross_entropy",
     signature="kernel_fn(logits, targets)",
@@ -53,4 +66,158 @@ SPEC = OpSpec(
     out_dtype=lambda dtype: torch.float32,
     vendor=vendor,
     vendor_name="F.cross_entropy",
+    tunables=(
+        Tunable("BLOCK_SIZE", (None, 1024, 2048, 4096, 8192, 16384),
+                "vocabulary columns one step of the online logsumexp reads. None: up to 4096"),
+        Tunable("NUM_WARPS", (None, 4, 8, 16, 32), "warps per program. None: about 16 columns a thread"),
+        Tunable("VOCAB_SPLITS", (None, 1, 2, 4, 8, 16, 32, 64),
+                "programs sharing one row's vocabulary; more fill the GPU when there are few rows. "
+                "None: about 4 programs per SM"),
+    ),
+    constraint=constraint,
 )
+
+
+# === kernel file ===
+"""Cross-entropy forward in Triton: mean over rows t of logsumexp(logits_t) − logits_t[target_t].
+
+Memory-bound: the logits are read once, in chunks, with an online logsumexp, so a row of any width
+(128256 for Llama 3) streams through registers. When there are few rows, each row's vocabulary is
+split across several programs and their partial results are merged by a second, small kernel,
+which also takes the mean in a fixed order (no atomics: the loss is bitwise reproducible).
+"""
+
+import torch  # noqa: E402, F811
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+# The tunable knobs; None means "chosen from the shape" by `_launch_config`.
+BLOCK_SIZE = None  # vocabulary columns per step (a power of two)
+NUM_WARPS = None
+VOCAB_SPLITS = None  # programs per row
+
+# Enough programs for several resident per SM on an H100 (132 SMs).
+TARGET_PROGRAMS = 4 * 132
+
+
+@triton.jit
+def _cross_entropy_partial_kernel(
+    Logits_ptr,
+    row_stride,
+    Targets_ptr,
+    Max_ptr,
+    Sum_ptr,
+    Picked_ptr,
+    n_cols,
+    cols_per_split,
+    n_splits,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """For row t and vocabulary slice j: m_tj = max_v x_tv and s_tj = Σ_v exp(x_tv − m_tj) over the slice.
+
+    Online normaliser (Milakov & Gimelshein 2018), kept per lane so a step has no cross-thread
+    reduction: each lane holds a running max m and sum s. A new value x updates them with a single
+    exponential e = exp(−|x − m|): if x ≤ m, s += e; else s = s·e + 1 and m = x. Lanes are merged
+    once at the end. The running max starts at −1e30 rather than −inf so padding (−inf) never meets
+    −inf − (−inf) = NaN. Slice 0 also fetches the target's logit x[t, target_t] (NaN when the target
+    is out of range, so a bad target poisons the loss instead of reading out of bounds).
+    """
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    start = split * cols_per_split
+    end = tl.minimum(start + cols_per_split, n_cols)
+    x_row = Logits_ptr + row * row_stride
+    cols = tl.arange(0, BLOCK_SIZE)
+    m = tl.full((BLOCK_SIZE,), -1e30, dtype=tl.float32)
+    s = tl.zeros((BLOCK_SIZE,), dtype=tl.float32)
+    for off in range(start, end, BLOCK_SIZE):
+        c = off + cols
+        x = tl.load(x_row + c, mask=c < end, other=float("-inf")).to(tl.float32)
+        e = tl.exp(-tl.abs(x - m))
+        grows = x > m
+        s = tl.where(grows, s * e + 1.0, s + e)
+        m = tl.where(grows, x, m)
+    m_row = tl.max(m, axis=0)
+    s_row = tl.sum(s * tl.exp(m - m_row), axis=0)
+    tl.store(Max_ptr + row * n_splits + split, m_row)
+    tl.store(Sum_ptr + row * n_splits + split, s_row)
+    if split == 0:
+        target = tl.load(Targets_ptr + row).to(tl.int64)
+        in_range = (target >= 0) & (target < n_cols)
+        picked = tl.load(x_row + target, mask=in_range, other=float("nan")).to(tl.float32)
+        tl.store(Picked_ptr + row, picked)
+
+
+@triton.jit
+def _cross_entropy_mean_kernel(
+    Max_ptr,
+    Sum_ptr,
+    Picked_ptr,
+    Loss_ptr,
+    n_rows,
+    n_splits,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_SPLITS: tl.constexpr,
+):
+    """loss = (1/T) Σ_t (M_t + log Σ_j s_tj · exp(m_tj − M_t) − x[t, target_t]), M_t = max_j m_tj.
+
+    One program walks the rows in order, so the fp32 sum is the same on every run.
+    """
+    splits = tl.arange(0, BLOCK_SPLITS)
+    total = tl.zeros((BLOCK_ROWS,), dtype=tl.float32)
+    for start in range(0, n_rows, BLOCK_ROWS):
+        rows = start + tl.arange(0, BLOCK_ROWS)
+        row_mask = rows < n_rows
+        mask = row_mask[:, None] & (splits[None, :] < n_splits)
+        offs = rows[:, None] * n_splits + splits[None, :]
+        m = tl.load(Max_ptr + offs, mask=mask, other=-1e30)
+        s = tl.load(Sum_ptr + offs, mask=mask, other=0.0)
+        m_row = tl.max(m, axis=1)
+        # Rows past the end sum to 0: take log(1) there instead of log(0), then drop them.
+        lse = m_row + tl.log(tl.where(row_mask, tl.sum(s * tl.exp(m - m_row[:, None]), axis=1), 1.0))
+        picked = tl.load(Picked_ptr + rows, mask=row_mask, other=0.0)
+        total += tl.where(row_mask, lse - picked, 0.0)
+    tl.store(Loss_ptr, tl.sum(total, axis=0) / n_rows)
+
+
+def _launch_config(n_rows: int, n_cols: int) -> tuple[int, int, int, int]:
+    """(BLOCK_SIZE, NUM_WARPS, splits, columns per split): the knobs, with None filled from the shape."""
+    block = BLOCK_SIZE if BLOCK_SIZE is not None else min(4096, max(16, triton.next_power_of_2(n_cols)))
+    warps = NUM_WARPS if NUM_WARPS is not None else min(16, max(1, block // 512))
+    steps = triton.cdiv(n_cols, block)
+    splits = VOCAB_SPLITS if VOCAB_SPLITS is not None else triton.cdiv(TARGET_PROGRAMS, max(n_rows, 1))
+    splits = max(1, min(splits, steps))
+    # Whole steps per split, so only the row's last step is ragged; recount so no split is empty.
+    cols_per_split = triton.cdiv(steps, splits) * block
+    return block, warps, triton.cdiv(n_cols, cols_per_split), cols_per_split
+
+
+def kernel_fn(logits, targets):
+    if logits.dim() == 0:
+        raise ValueError("cross_entropy needs logits with a class dim (the last)")
+    n_cols = logits.shape[-1]
+    if tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"targets must have shape {tuple(logits.shape[:-1])} (logits without the class dim); "
+                         f"got {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be class indices (an integer dtype); got {targets.dtype}")
+    x = logits if logits.dim() == 2 and logits.stride(-1) == 1 else logits.contiguous().view(-1, n_cols)
+    t = targets.contiguous().view(-1)
+    n_rows = x.shape[0]
+    loss = torch.empty((), dtype=torch.float32, device=logits.device)
+    block, warps, splits, cols_per_split = _launch_config(n_rows, n_cols)
+    row_max = torch.empty((n_rows, splits), dtype=torch.float32, device=logits.device)
+    row_sum = torch.empty((n_rows, splits), dtype=torch.float32, device=logits.device)
+    picked = torch.empty((n_rows,), dtype=torch.float32, device=logits.device)
+    if n_rows > 0 and n_cols > 0:
+        _cross_entropy_partial_kernel[(n_rows, splits)](
+            x, x.stride(0), t, row_max, row_sum, picked, n_cols, cols_per_split, splits,
+            BLOCK_SIZE=block, num_warps=warps,
+        )
+    block_splits = triton.next_power_of_2(splits)
+    block_rows = max(1, min(triton.next_power_of_2(max(n_rows, 1)), 4096 // block_splits))
+    _cross_entropy_mean_kernel[(1,)](
+        row_max, row_sum, picked, loss, n_rows, splits,
+        BLOCK_ROWS=block_rows, BLOCK_SPLITS=block_splits, num_warps=8 if block_rows * block_splits >= 2048 else 4,
+    )
+    return loss

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from autokernel_ci.ops.base import OpSpec, activation, element_size
+from autokernel_ci.ops.base import OpSpec, Tunable, activation, element_size
 
 
 def reference(x):
@@ -32,6 +32,19 @@ def vendor(x):
     return torch.softmax(x, -1)
 
 
+def constraint(config) -> str | None:
+    """A [ROWS_PER_PROGRAM, BLOCK_SIZE] fp32 tile must give each thread 1 to 64 values: more spills."""
+    block, rows, warps = (config.get(k) for k in ("BLOCK_SIZE", "ROWS_PER_PROGRAM", "NUM_WARPS"))
+    if block is None or rows is None or warps is None:
+        return None
+    per_thread = block * rows / (32 * warps)
+    if per_thread > 64:
+        return f"a {rows}×{block} tile on {warps} warps is {per_thread:g} fp32 values a thread: it would spill"
+    if per_thread < 1:
+        return f"a {rows}×{block} tile has fewer elements than {warps} warps have threads"
+    return None
+
+
 SPEC = OpSpec(
     name="softmax",
     signature="kernel_fn(x)",
@@ -47,4 +60,125 @@ SPEC = OpSpec(
     decode_shapes=({"rows": 1, "dim": 4096}, {"rows": 4, "dim": 4096}, {"rows": 16, "dim": 4096}),
     vendor=vendor,
     vendor_name="torch.softmax",
+    tunables=(
+        Tunable("BLOCK_SIZE", (None, 1024, 2048, 4096, 8192, 16384),
+                "columns a tile covers; a row longer than this takes two passes. None: the whole row up to 16384"),
+        Tunable("ROWS_PER_PROGRAM", (None, 1, 2, 4, 8),
+                "rows one program handles together, as one tile; more suit short rows"),
+        Tunable("NUM_WARPS", (None, 2, 4, 8, 16, 32), "warps per program. None: about 16 values a thread"),
+    ),
+    constraint=constraint,
 )
+
+
+# === kernel file ===
+"""Softmax forward in Triton: y_i = exp(x_i − max x) / Σ_j exp(x_j − max x) over the last dim.
+
+Memory-bound: it reads x and writes y once, so the aim is one pass at full bandwidth. A row of up to
+16384 columns is held in registers (one read of x); longer rows take an online pass, then a second
+read to write y.
+"""
+
+import torch  # noqa: E402, F811
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+# The tunable knobs; None means "chosen from the shape" by `_launch_config`.
+BLOCK_SIZE = None  # columns per tile (a power of two)
+ROWS_PER_PROGRAM = None  # rows per program (a power of two)
+NUM_WARPS = None
+
+# Rows up to this many columns are done in one pass, from registers.
+MAX_SINGLE_PASS = 16384
+
+
+@triton.jit
+def _softmax_fwd_kernel(
+    X_ptr,
+    X_row_stride,
+    Y_ptr,
+    Y_row_stride,
+    n_rows,
+    n_cols,
+    ROWS_PER_PROGRAM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    SINGLE_PASS: tl.constexpr,
+):
+    """y_ij = exp(x_ij − m_i) / s_i with m_i = max_j x_ij and s_i = Σ_j exp(x_ij − m_i), in fp32.
+
+    With SINGLE_PASS the [ROWS_PER_PROGRAM, BLOCK_SIZE] tile spans the row: max, exponentials and sum
+    come from registers and x is read once. Otherwise the row is walked with the online softmax of
+    Milakov & Gimelshein, "Online normalizer calculation for softmax" (2018): a running max m and a
+    sum s rescaled by exp(m_old − m_new) whenever the max grows, so one read finds both; a second
+    read writes y. Padding lanes load −inf, so they add exp(−inf) = 0 to the sum.
+    """
+    rows = tl.program_id(0).to(tl.int64) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
+    row_mask = rows[:, None] < n_rows
+    cols = tl.arange(0, BLOCK_SIZE)
+    x_rows = X_ptr + rows[:, None] * X_row_stride
+    y_rows = Y_ptr + rows[:, None] * Y_row_stride
+    if SINGLE_PASS:
+        mask = row_mask & (cols[None, :] < n_cols)
+        x = tl.load(x_rows + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+        e = tl.exp(x - tl.max(x, axis=1)[:, None])
+        y = e * (1.0 / tl.sum(e, axis=1))[:, None]
+        tl.store(y_rows + cols[None, :], y.to(Y_ptr.dtype.element_ty), mask=mask)
+    else:
+        m = tl.full((ROWS_PER_PROGRAM,), float("-inf"), dtype=tl.float32)
+        s = tl.zeros((ROWS_PER_PROGRAM,), dtype=tl.float32)
+        for start in range(0, n_cols, BLOCK_SIZE):
+            c = start + cols
+            mask = row_mask & (c[None, :] < n_cols)
+            x = tl.load(x_rows + c[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=1))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+            m = m_new
+        inv_s = 1.0 / s
+        for start in range(0, n_cols, BLOCK_SIZE):
+            c = start + cols
+            mask = row_mask & (c[None, :] < n_cols)
+            x = tl.load(x_rows + c[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+            y = tl.exp(x - m[:, None]) * inv_s[:, None]
+            tl.store(y_rows + c[None, :], y.to(Y_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch_config(n_rows: int, n_cols: int) -> tuple[int, int, int]:
+    """(BLOCK_SIZE, ROWS_PER_PROGRAM, NUM_WARPS): the module's knobs, with None filled from the shape."""
+    block = BLOCK_SIZE
+    if block is None:
+        block = triton.next_power_of_2(n_cols) if n_cols <= MAX_SINGLE_PASS else 8192
+    rows = ROWS_PER_PROGRAM
+    if rows is None:
+        # Short rows: pack several per program so a tile has ~4096 values, while keeping about two
+        # programs per SM (132 on an H100) when there are enough rows.
+        rows = max(1, min(4096 // block, triton.next_power_of_2(triton.cdiv(n_rows, 264))))
+    warps = NUM_WARPS
+    if warps is None:
+        # ~16 values a thread: 16-byte vector loads for 16-bit types, and few enough registers.
+        warps = min(16, max(1, block * rows // 512))
+    return block, rows, warps
+
+
+def _as_rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """A [rows, n_cols] view with unit column stride; copies only when no such view exists."""
+    if t.dim() == 2 and t.stride(-1) == 1:
+        return t
+    return t.contiguous().view(-1, n_cols)
+
+
+def kernel_fn(x):
+    if x.dim() == 0:
+        raise ValueError("softmax needs x with at least one dim; softmax is taken over the last dim")
+    n_cols = x.shape[-1]
+    x2 = _as_rows(x, n_cols)
+    n_rows = x2.shape[0]
+    y = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    if n_rows == 0 or n_cols == 0:
+        return y.view(x.shape)
+    block, rows, warps = _launch_config(n_rows, n_cols)
+    grid = (triton.cdiv(n_rows, rows),)
+    _softmax_fwd_kernel[grid](
+        x2, x2.stride(0), y, y.stride(0), n_rows, n_cols,
+        ROWS_PER_PROGRAM=rows, BLOCK_SIZE=block, SINGLE_PASS=block >= n_cols, num_warps=warps,
+    )
+    return y.view(x.shape)
