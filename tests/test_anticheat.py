@@ -86,6 +86,7 @@ STATIC_CHEATS: dict[str, list[tuple[str, str]]] = {
     "fallback_to_torch": [(FALLBACK, "except RuntimeError:")],
     "side_stream": [(CUDA_STREAM, "torch.cuda.Stream()"), (CUDA_STREAM, "with torch.cuda.stream(")],
     "result_cache": [(CACHE, "_RESULTS[key] = out")],
+    "replay_after_warmup": [(CACHE, "_last[key] = y2.view(x.shape)")],
     "memoised_kernel_fn": [(CACHE, "def kernel_fn")],
 }
 # Cheats that look clean to the static checks and are caught while they run.

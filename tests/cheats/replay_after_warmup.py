@@ -1,5 +1,4 @@
-"""Computes honestly for the first calls of a shape, then replays its last output: a timing loop sees a
-kernel faster than the memory system allows (softmax)."""
+"""Computes honestly for a shape's first calls, then replays its last output, faster than memory allows."""
 
 import torch
 import triton
