@@ -10,6 +10,10 @@ timings. It decides nothing: the parent judges, out of the candidate's reach. Ex
 
 With no candidate in the request it times the baselines instead (eager reference, vendor op,
 `torch.compile` of the reference), in a process the candidate never touched.
+
+With `"mode": "ab"` it times candidates against each other instead (`_run_ab`): the pull-request
+gate's base and head, imported as two modules of this one process and timed in interleaved rounds
+on the same inputs, so drift in clocks and temperature falls on both alike.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def main(argv: list[str]) -> int:
     wire = request["task"]
     make_inputs, task_module = task_inputs_from_wire(wire)
     ctx = _Context(torch, anticheat, make_inputs, task_module, wire, request["device"], out_dir)
+    if request.get("mode") == "ab":
+        return _run_ab(ctx, request)
     result: dict[str, Any] = {"protocol": PROTOCOL, "cases": [], "module_state": [], "import_error": None,
                               "timings": [], "baselines": []}
     if request.get("candidate") is None:
@@ -86,11 +92,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _import_candidate(path: Path, entry_name: str):
+def _import_candidate(path: Path, entry_name: str, name: str = "autokernel_candidate"):
     from autokernel_ci.tasks import load_module_from_path
 
     sys.path.insert(0, str(path.resolve().parent))
-    candidate = load_module_from_path(path, name="autokernel_candidate")
+    candidate = load_module_from_path(path, name=name)
     entry = getattr(candidate, entry_name, None)
     if entry is None or not callable(entry):
         raise AttributeError(f"the candidate defines no callable {entry_name!r}")
@@ -207,6 +213,72 @@ def _baseline_functions(ctx: _Context) -> dict[str, Any]:
             fns["vendor"] = spec.vendor
         return fns
     return {}
+
+
+def _run_ab(ctx: _Context, request: dict[str, Any]) -> int:
+    """Time candidates against each other in this one process, in interleaved rounds on the same inputs.
+
+    The request names the candidates (`candidates`: label → file, each imported as its own module,
+    so "head" and "head_copy" of one file make an A/A pair), the comparisons (`comparisons`: name, a,
+    b and the number of rounds) and the timing plan (`timing`). Per shape, every candidate is first
+    called once untimed; one that fails to import or raises is reported under its label and left out,
+    the others go on. Every round's samples go back: the parent decides, out of the candidates' reach.
+    `progress.log` names each step as it starts, so a crash that kills the process can be blamed.
+    """
+    from autokernel_ci.harness.timing import ABTimer
+
+    torch = ctx.torch
+    result: dict[str, Any] = {"protocol": PROTOCOL, "mode": "ab", "import_errors": {}, "shapes": []}
+    plan = request["timing"]
+    seed = plan.get("seed", 1)
+    with open(ctx.out_dir / "progress.log", "a", buffering=1) as progress:
+        entries = {}
+        for label, path in request["candidates"].items():
+            progress.write(f"import {label}\n")
+            try:
+                before = set(sys.modules)
+                entries[label] = _import_candidate(Path(path), ctx.wire["entry"], name=f"autokernel_candidate_{label}")
+                _forget_sibling_modules(Path(path).resolve().parent, before)
+            except BaseException as exc:  # noqa: BLE001 - anything at import is that candidate's failure
+                result["import_errors"][label] = _describe(exc)
+        for index, shape in enumerate(plan["shapes"]):
+            sets = _input_sets(ctx, shape, plan["dtype"], seed, plan.get("input_sets", 1))
+            record: dict[str, Any] = {"shape": shape, "dtype": plan["dtype"], "errors": {}, "comparisons": {}}
+            fns = {}
+            for label, entry in entries.items():
+                progress.write(f"call {label} {index}\n")
+                try:
+                    fn = _callable_for(ctx, entry, seed)
+                    fn(*sets[0])
+                    if ctx.device == "cuda":
+                        torch.cuda.synchronize()
+                    fns[label] = fn
+                except Exception as exc:  # noqa: BLE001 - the candidate's exception is evidence
+                    record["errors"][label] = _describe(exc)
+            for comparison in request.get("comparisons", []):
+                a, b, name = comparison["a"], comparison["b"], comparison["name"]
+                if a not in fns or b not in fns or comparison["rounds"] < 1:
+                    continue
+                progress.write(f"time {name} {index}\n")
+                try:
+                    timer = ABTimer(fns[a], fns[b], input_sets_a=sets, input_sets_b=sets, device=ctx.device,
+                                    **_timing_options(plan))
+                    rounds = [timer.measure_round() for _ in range(comparison["rounds"])]
+                    record["comparisons"][name] = {"rounds": [{"a": ra, "b": rb} for ra, rb in rounds]}
+                except Exception as exc:  # noqa: BLE001 - reported; the parent cannot tell which side
+                    record["comparisons"][name] = {"error": _describe(exc)}
+            result["shapes"].append(record)
+            del sets, fns
+    _write_result(ctx.out_dir, result)
+    return 0
+
+
+def _forget_sibling_modules(folder: Path, before: set[str]) -> None:
+    """Drop modules a candidate imported from its own folder, so the next candidate imports its own copy."""
+    for name in set(sys.modules) - before:
+        origin = getattr(sys.modules[name], "__file__", None)
+        if origin and not name.startswith("autokernel_candidate") and Path(origin).resolve().is_relative_to(folder):
+            del sys.modules[name]
 
 
 def _state_changes(anticheat, before) -> list[dict[str, Any]]:
