@@ -1,0 +1,144 @@
+"""The gate's report for people: the Markdown of the PR comment and job summary, and the terminal table.
+
+Both are rendered from a `GateReport` (never from log text). One row per task, or per shape when a
+task was timed at several; the reasons follow the table, blocking ones first, since a reviewer
+reads those first.
+"""
+
+from __future__ import annotations
+
+from autokernel_ci.gate import NOT_MEASURED, GateReport, ShapeComparison, TaskVerdict
+
+COLUMNS = ("task", "verdict", "base µs", "head µs", "change", "99 % interval", "threshold (noise)", "rounds")
+_ORDER = {"fail": 0, "regression": 1, "error": 2, "inconclusive": 3, "improvement": 4, "new": 5, "removed": 6,
+          "pass": 7}
+_STYLE = {"fail": "bold red", "regression": "bold red", "error": "bold red", "inconclusive": "yellow",
+          "improvement": "green", "pass": "green", "new": "cyan", "removed": "dim"}
+
+
+def headline(report: GateReport) -> str:
+    """One line: passed or blocked, and the verdict counts."""
+    state = "passed" if report.passed else "blocked"
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in report.counts().items()) or "no task changed"
+    return f"autokernel-ci gate {state}: {counts}"
+
+
+def status_description(report: GateReport) -> str:
+    """A commit status's description (GitHub keeps 140 characters)."""
+    text = headline(report).replace("autokernel-ci gate ", "")
+    if not report.timings_measured:
+        text += "; correctness only, timings not measured (no GPU)"
+    return text[:140]
+
+
+def render_markdown(report: GateReport) -> str:
+    lines = [f"## {headline(report)}", "", _context_line(report), ""]
+    if not report.timings_measured:
+        lines += ["> **Timings were not measured**: there is no GPU on this runner. Every kernel ran under the "
+                  "Triton interpreter for correctness only; interpreter timings say nothing about GPU speed, so "
+                  "no performance verdict was given. Run the gate on a GPU runner to gate performance.", ""]
+    if report.verdicts:
+        lines += ["| " + " | ".join(COLUMNS) + " |", "| --- | --- | ---: | ---: | ---: | --- | --- | ---: |"]
+        for task in _sorted(report.verdicts):
+            for row in _rows(task, report.timings_measured):
+                lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "**Why**", ""]
+        for task in _sorted(report.verdicts):
+            where = f" (`{task.path}`)" if task.path else ""
+            word = f"**{task.verdict}**" if task.blocking else task.verdict
+            lines.append(f"- `{task.task}`{where}: {word}. {_one_line(task.reason)}")
+        lines.append("")
+    if report.unchanged:
+        names = ", ".join(f"`{n}`" for n in report.unchanged)
+        lines += [f"Unchanged between base and head, not gated: {names} (`--all` gates every task).", ""]
+    for note in report.notes:
+        if report.timings_measured or not note.startswith("timings not measured"):
+            lines += [f"Note: {note}", ""]
+    lines.append(f"<sub>threshold {_share(report.threshold)}, never below the measured A/A noise; a regression must "
+                 "reproduce in a fresh interleaved measurement to block; 99 % bootstrap intervals of "
+                 "median(head) / median(base). Inconclusive does not block.</sub>")
+    return "\n".join(lines) + "\n"
+
+
+def _context_line(report: GateReport) -> str:
+    gated = len(report.verdicts)
+    minutes, seconds = divmod(round(report.duration_s), 60)
+    took = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+    return (f"base `{report.base_sha[:12]}` ({report.base}) → head `{report.head_sha[:12]}` ({report.head}) · "
+            f"{report.device} · threshold {_share(report.threshold)} · {gated} task{'s' * (gated != 1)} gated, "
+            f"{len(report.unchanged)} unchanged · {took}")
+
+
+def _sorted(verdicts: list[TaskVerdict]) -> list[TaskVerdict]:
+    return sorted(verdicts, key=lambda t: (_ORDER.get(t.verdict, 9), t.task))
+
+
+def _rows(task: TaskVerdict, measured: bool) -> list[list[str]]:
+    word = f"**{task.verdict}**" if task.blocking else task.verdict
+    if not task.shapes:
+        timing = NOT_MEASURED if not measured and task.verdict in ("pass", "inconclusive") else "–"
+        return [[f"`{task.task}`", word, "–", "–", timing, "–", "–", "–"]]
+    rows = []
+    for shape in task.shapes:
+        name = f"`{task.task}`" if len(task.shapes) == 1 else f"`{task.task}` {_label(shape)}"
+        shape_word = f"**{shape.verdict}**" if shape.verdict == "regression" else shape.verdict
+        rows.append([name, shape_word, *_numbers(shape)])
+    return rows
+
+
+def _numbers(shape: ShapeComparison) -> list[str]:
+    return [_us(shape.base_median_us), _us(shape.head_median_us), _pct(shape.ratio),
+            f"{_pct(shape.ci_lo)} … {_pct(shape.ci_hi)}" if shape.ci_lo is not None else "–",
+            f"{_share(shape.effective_threshold)} (noise {_share(shape.noise)})", "+".join(map(str, shape.rounds))]
+
+
+def _share(fraction: float) -> str:
+    return f"{fraction * 100:.1f} %"
+
+
+def _label(shape: ShapeComparison) -> str:
+    return "×".join(str(v) for v in shape.shape.values()) + f" {shape.dtype}"
+
+
+def _us(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _pct(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{(ratio - 1.0) * 100:+.2f} %"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def print_gate_report(report: GateReport, console=None) -> None:
+    """The same table in the terminal (rich), with the reasons under it."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from autokernel_ci.report.terminal import make_console
+
+    console = console or make_console()
+    style = "bold green" if report.passed else "bold red"
+    console.print(f"[{style}]{headline(report)}[/]")
+    console.print(f"[dim]{escape(_context_line(report).replace('`', ''))}[/]")
+    if not report.timings_measured:
+        console.print("[yellow]timings not measured: no GPU here; correctness only, no performance verdict[/]")
+    if report.verdicts:
+        table = Table(show_edge=False, box=None, pad_edge=False)
+        for col in COLUMNS:
+            table.add_column(col, justify="right" if col in ("base µs", "head µs", "change", "rounds") else "left")
+        for task in _sorted(report.verdicts):
+            for row in _rows(task, report.timings_measured):
+                cells = [escape(c.replace("`", "").replace("**", "")) for c in row]
+                cells[1] = f"[{_STYLE.get(task.verdict, '')}]{cells[1]}[/]"
+                table.add_row(*cells)
+        console.print(table)
+        for task in _sorted(report.verdicts):
+            console.print(f"  [{_STYLE.get(task.verdict, '')}]{task.task}[/]: {escape(' '.join(task.reason.split()))}")
+    if report.unchanged:
+        console.print(f"[dim]unchanged, not gated: {', '.join(report.unchanged)} (--all gates every task)[/]")
+    for note in report.notes:
+        if report.timings_measured or not note.startswith("timings not measured"):
+            console.print(f"[dim]note: {escape(note)}[/]")
