@@ -27,7 +27,8 @@ def main() -> int:
 
     from autokernel_ci.ops import OP_NAMES, starter_source
 
-    out_dir = Path(os.environ.get("OUT") or tempfile.mkdtemp())
+    out_dir = Path(os.environ.get("OUT") or tempfile.mkdtemp()) / "evals"
+    out_dir.mkdir(parents=True, exist_ok=True)
     ops = sys.argv[1:] or list(OP_NAMES)
     print(f"$ python benchmarks/eval_builtins.py {' '.join(sys.argv[1:])}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
