@@ -34,13 +34,18 @@ def vendor(x, weight, eps=1e-6):
 
 
 def constraint(config) -> str | None:
-    """A [ROWS_PER_PROGRAM, BLOCK_SIZE] fp32 tile must give each thread 1 to 64 values: more spills."""
-    block, rows, warps = (config.get(k) for k in ("BLOCK_SIZE", "ROWS_PER_PROGRAM", "NUM_WARPS"))
-    if block is None or rows is None or warps is None:
-        return None
+    """Prunes tiles that would spill registers. A thread holds BLOCK_SIZE · ROWS_PER_PROGRAM / (32 · NUM_WARPS)
+    fp32 values of the tile: at most 64, and at most its share of the 64K-register file (255 at most) less
+    32 for addresses and masks. A None knob counts as the launcher's choice at the benchmark shape (rows
+    of 4096: one row per program, ~16 values a thread)."""
+    block = config.get("BLOCK_SIZE") or 4096
+    rows = config.get("ROWS_PER_PROGRAM") or 1
+    warps = config.get("NUM_WARPS") or min(16, max(1, block * rows // 512))
     per_thread = block * rows / (32 * warps)
-    if per_thread > 64:
-        return f"a {rows}×{block} tile on {warps} warps is {per_thread:g} fp32 values a thread: it would spill"
+    budget = min(64, min(255, 65536 // (32 * warps)) - 32)
+    if per_thread > budget:
+        return (f"a {rows}×{block} tile on {warps} warps is {per_thread:g} fp32 values a thread, over the "
+                f"{budget} that fit in registers: it would spill")
     if per_thread < 1:
         return f"a {rows}×{block} tile has fewer elements than {warps} warps have threads"
     return None
