@@ -833,7 +833,7 @@ class _TaskGate:
                 return replace(verdict, verdict="pass", base_status="ok",
                                reason=f"head passed correctness ({result.message}){not_timed}")
             if self.clock() >= self.deadline:
-                return replace(verdict, verdict="inconclusive", base_status="ok",
+                return replace(verdict, verdict="inconclusive",
                                reason=f"head passed correctness ({result.message}); the time cap was reached "
                                       "before its timing started")
             self.say(f"{plan.name}: timing base vs head")
