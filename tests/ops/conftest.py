@@ -157,8 +157,8 @@ def accepted_configs(spec: OpSpec, sample: int, seed: int = 0) -> tuple[int, lis
 def with_knobs(source: str, config: dict[str, Any]) -> str:
     """The starter source with each knob's top-level assignment set to the config's value."""
     for name, value in config.items():
-        source, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", source, count=1, flags=re.M)
-        assert count == 1, f"no top-level `{name} = ...` in the starter source"
+        source, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", source, flags=re.M)
+        assert count == 1, f"the starter source has {count} top-level `{name} = ...` lines, not one"
     return source
 
 
