@@ -715,53 +715,92 @@ def run_gate(repo: str | Path, base: str, head: str = "HEAD", *, threshold: floa
     becomes that task's verdict instead.
     """
     from autokernel_ci.config import find_config
-    from autokernel_ci.harness.sandbox import resolve_device
 
     started = clock()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    say = on_event or (lambda message: None)
-    settings = settings or ABSettings()
     root = repository_root(repo)
     base_sha, head_sha = resolve_revision(root, base), resolve_revision(root, head)
-    device = resolve_device(device)
-    measured = _timings_possible(device)
     config_rel = _config_relative(root, repo, config)
     with worktrees(root, {"base": base_sha, "head": head_sha}, work_dir) as trees:
         if config_rel is None:
             subdir = Path(repo).resolve().relative_to(root) if Path(repo).resolve() != root else Path()
             found = find_config(trees["head"] / subdir) or find_config(trees["head"])
             config_rel = found.relative_to(trees["head"]) if found else Path(".autokernel.yml")
-        head_label = f"{head} = {head_sha[:12]}"
-        head_cfg = _load_head_config(trees["head"], config_rel, head_label)
-        base_cfg, base_note = _load_base_config(trees["base"], config_rel)
-        threshold = head_cfg.gate.threshold if threshold is None else threshold
-        all_tasks = head_cfg.gate.all_tasks if all_tasks is None else all_tasks
-        time_cap_s = head_cfg.gate.max_minutes * 60.0 if time_cap_s is None else time_cap_s
-        if not 0.0 <= threshold < 1.0:
-            raise AutokernelError(f"the threshold must be a fraction between 0 and 1 (0.03 is 3 %), got {threshold}")
-        plans = plan_tasks(head_cfg, base_cfg, trees["head"], trees["base"], config_rel,
-                           changed_files(root, base_sha, head_sha))
-        report = GateReport(base=base, base_sha=base_sha, head=head, head_sha=head_sha, device=_device_label(device),
-                            timings_measured=measured, threshold=threshold, time_cap_s=time_cap_s,
-                            config=config_rel.as_posix(), started_at=started_at, environment=_environment())
-        if base_note:
-            report.notes.append(base_note)
-        if not measured:
-            report.notes.append("timings not measured: no GPU on this machine. Kernels ran under the Triton "
-                                "interpreter for correctness only; no performance verdict was given.")
-        deadline = started + time_cap_s
-        gate = _TaskGate(head_cfg, device, measured, threshold, settings, stages, work_dir, deadline, clock, say)
-        for plan in plans:
-            if not (plan.changed or all_tasks):
-                report.unchanged.append(plan.name)
-                continue
-            say(f"{plan.name}: " + {"new": "new in head", "removed": "removed in head"}.get(plan.status, "gating"))
-            verdict = gate.verdict(plan)
-            say(f"{plan.name}: {verdict.verdict}: {verdict.reason}")
-            report.verdicts.append(verdict)
+        report = gate_trees(trees["base"], trees["head"], config_rel, changed=changed_files(root, base_sha, head_sha),
+                            base=base, base_sha=base_sha, head=head, head_sha=head_sha, threshold=threshold,
+                            all_tasks=all_tasks, device=device, time_cap_s=time_cap_s, stages=stages,
+                            settings=settings, work_dir=work_dir, on_event=on_event, clock=clock, started=started)
+    report.duration_s = round(clock() - started, 2)
+    return report
+
+
+def gate_trees(base_root: Path, head_root: Path, config_rel: str | Path = ".autokernel.yml", *,
+               changed: set[str] | None = None, base: str = "base", base_sha: str = "", head: str = "head",
+               head_sha: str = "", threshold: float | None = None, all_tasks: bool | None = None,
+               device: str | None = None, time_cap_s: float | None = None, stages: tuple[str, ...] | None = None,
+               settings: ABSettings | None = None, work_dir: Path | None = None,
+               on_event: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
+               started: float | None = None) -> GateReport:
+    """The gate on two checked-out trees (what `run_gate` does once its worktrees exist).
+
+    `changed` holds the repository-relative paths that differ between the trees (`git diff`); None
+    compares the files the tasks depend on byte by byte, for trees that are not git checkouts.
+    """
+    from autokernel_ci.harness.sandbox import resolve_device
+
+    started = clock() if started is None else started
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    say = on_event or (lambda message: None)
+    settings = settings or ABSettings()
+    base_root, head_root, config_rel = Path(base_root), Path(head_root), Path(config_rel)
+    device = resolve_device(device)
+    measured = _timings_possible(device)
+    head_label = f"{head} = {head_sha[:12]}" if head_sha else head
+    head_cfg = _load_head_config(head_root, config_rel, head_label)
+    base_cfg, base_note = _load_base_config(base_root, config_rel)
+    threshold = head_cfg.gate.threshold if threshold is None else threshold
+    all_tasks = head_cfg.gate.all_tasks if all_tasks is None else all_tasks
+    time_cap_s = head_cfg.gate.max_minutes * 60.0 if time_cap_s is None else time_cap_s
+    if not 0.0 <= threshold < 1.0:
+        raise AutokernelError(f"the threshold must be a fraction between 0 and 1 (0.03 is 3 %), got {threshold}")
+    if changed is None:
+        changed = _changed_by_content(base_root, head_root, config_rel, head_cfg, base_cfg)
+    plans = plan_tasks(head_cfg, base_cfg, head_root, base_root, config_rel, changed)
+    report = GateReport(base=base, base_sha=base_sha, head=head, head_sha=head_sha, device=_device_label(device),
+                        timings_measured=measured, threshold=threshold, time_cap_s=time_cap_s,
+                        config=config_rel.as_posix(), started_at=started_at, environment=_environment())
+    if base_note:
+        report.notes.append(base_note)
+    if not measured:
+        report.notes.append("timings not measured: no GPU on this machine. Kernels ran under the Triton "
+                            "interpreter for correctness only; no performance verdict was given.")
+    gate = _TaskGate(head_cfg, device, measured, threshold, settings, stages, work_dir, started + time_cap_s,
+                     clock, say)
+    for plan in plans:
+        if not (plan.changed or all_tasks):
+            report.unchanged.append(plan.name)
+            continue
+        say(f"{plan.name}: " + {"new": "new in head", "removed": "removed in head"}.get(plan.status, "gating"))
+        verdict = gate.verdict(plan)
+        say(f"{plan.name}: {verdict.verdict}: {verdict.reason}")
+        report.verdicts.append(verdict)
     report.exit_code = exit_code_for(report.verdicts)
     report.duration_s = round(clock() - started, 2)
     return report
+
+
+def _changed_by_content(base_root: Path, head_root: Path, config_rel: Path, head_cfg: Config,
+                        base_cfg: Config | None) -> set[str]:
+    """The task files (repository-relative) whose bytes differ between two trees, or exist in one only."""
+    files = set()
+    for cfg in (head_cfg, base_cfg):
+        for entry in cfg.kernels if cfg is not None else []:
+            files.update(_entry_files(entry, config_rel.parent))
+    changed = set()
+    for rel in files:
+        a, b = base_root / rel, head_root / rel
+        if a.is_file() != b.is_file() or (a.is_file() and a.read_bytes() != b.read_bytes()):
+            changed.add(rel)
+    return changed
 
 
 def _timings_possible(device: str) -> bool:

@@ -294,6 +294,17 @@ def test_a_base_kernel_that_crashes_still_gates_the_head(tmp_path: Path):
     assert "base is broken" in verdict.base_message and report.exit_code == 0
 
 
+def test_gate_trees_without_git_finds_changed_tasks_by_content(tmp_path: Path):
+    for tree, norm2 in (("base", RIGHT_RMSNORM), ("head", HALF_ROWS)):
+        (tmp_path / tree / "kernels").mkdir(parents=True)
+        (tmp_path / tree / ".autokernel.yml").write_text(config("rmsnorm", "norm2"))
+        (tmp_path / tree / "kernels" / "rmsnorm.py").write_text(RIGHT_RMSNORM)
+        (tmp_path / tree / "kernels" / "norm2.py").write_text(norm2)
+    report = gate.gate_trees(tmp_path / "base", tmp_path / "head", device="cpu", stages=SMOKE)
+    assert [(v.task, v.verdict) for v in report.verdicts] == [("norm2", "fail")]
+    assert report.unchanged == ["rmsnorm"] and report.exit_code == 1
+
+
 SLOW_HEAD = RIGHT_RMSNORM.replace("    shape = x.shape\n",
                                   "    shape = x.shape\n    _spin = sum(i * i for i in range(600_000))\n")
 
