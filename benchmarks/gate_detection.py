@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,8 +142,10 @@ def _print_header(report: dict[str, Any], device: str) -> None:
     print(f"versions: python {info.python_version}, torch {info.torch_version}, triton {info.triton_version}, "
           f"cuda {info.cuda_version}, driver {info.driver_version}")
     print(f"platform: {info.platform}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                            capture_output=True, text=True, check=False).stdout.strip()
+    commit = ""
+    if shutil.which("git"):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                                capture_output=True, text=True, check=False).stdout.strip()
     report["commit"] = commit
     print(f"commit:   {commit or '-'}\n")
 
@@ -151,27 +154,36 @@ def _print_header(report: dict[str, Any], device: str) -> None:
 
 
 def _gate_runs(device: str, args: argparse.Namespace, warm_by: float) -> list[dict[str, Any]]:
-    """The cold run, then the warm one if it can start before `warm_by` (the trials need time too)."""
-    from autokernel_ci.gate import run_gate
+    """The cold run, then the warm one if it can start before `warm_by` (the trials need time too).
+
+    With git: `run_gate` on a temporary repository (worktrees and all). Without git on the machine:
+    `gate_trees` on the two trees as plain folders, the same per-task work less the checkout.
+    """
     from autokernel_ci.ops import starter_source
 
     tasks = BUILTIN_TASKS[:2] if args.quick else BUILTIN_TASKS
     stages = ("smoke",) if args.quick else None
-    runs = []
+    use_git = shutil.which("git") is not None
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gate-detection-") as tmp:
-        repo = Path(tmp) / "repo"
-        (repo / "kernels").mkdir(parents=True)
-        _git(repo, "init", "-q", "-b", "main")
+        trees = {label: Path(tmp) / label for label in ("base", "head")}
         entries = "".join(f"  - name: {t}\n    op: {t}\n    path: kernels/{t}.py\n" for t in tasks)
-        (repo / ".autokernel.yml").write_text(f"version: 1\nkernels:\n{entries}gate:\n  max_minutes: 10\n")
-        for t in tasks:
-            (repo / "kernels" / f"{t}.py").write_text(starter_source(t))
-        _git(repo, "add", "-A")
-        _git(repo, "commit", "-q", "-m", "base")
-        for t in tasks:
-            with open(repo / "kernels" / f"{t}.py", "a") as f:
-                f.write("\n# a small edit: the gate must time this kernel again\n")
-        _git(repo, "commit", "-q", "-am", "head: a comment in every kernel")
+        for label, tree in trees.items():
+            (tree / "kernels").mkdir(parents=True)
+            (tree / ".autokernel.yml").write_text(f"version: 1\nkernels:\n{entries}gate:\n  max_minutes: 10\n")
+            for t in tasks:
+                edit = "\n# a small edit: the gate must time this kernel again\n" if label == "head" else ""
+                (tree / "kernels" / f"{t}.py").write_text(starter_source(t) + edit)
+        if use_git:
+            repo = trees["base"]
+            _git(repo, "init", "-q", "-b", "main")
+            _git(repo, "add", "-A")
+            _git(repo, "commit", "-q", "-m", "base")
+            for t in tasks:
+                shutil.copy(trees["head"] / "kernels" / f"{t}.py", repo / "kernels" / f"{t}.py")
+            _git(repo, "commit", "-q", "-am", "head: a comment in every kernel")
+        else:
+            print("git is not installed here: gate_trees on two plain folders (no worktree checkout)\n")
         cache = Path(tmp) / "cache"
         previous = os.environ.get("AUTOKERNEL_CACHE_DIR")
         os.environ["AUTOKERNEL_CACHE_DIR"] = str(cache)  # an empty noise cache: the first run measures it
@@ -181,30 +193,48 @@ def _gate_runs(device: str, args: argparse.Namespace, warm_by: float) -> list[di
                     print(f"gate run, {label}: skipped, the cold run took too much of the budget\n")
                     break
                 print(f"gate run, {len(tasks)} tasks, {label}:")
-                events: list[tuple[float, str]] = []
-                t0 = time.monotonic()
-                gate_report = run_gate(repo, "HEAD~1", "HEAD", device=device, stages=stages,
-                                       on_event=lambda m, ev=events, t0=t0: ev.append((time.monotonic() - t0, m)))
-                wall = time.monotonic() - t0
-                per_task = _per_task_seconds(events, tasks)
-                for v in gate_report.verdicts:
-                    ratio = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.2f} %"
-                    noise = "-" if v.noise is None else f"{v.noise:.2%}"
-                    print(f"  {v.task:<14} {v.verdict:<13} {ratio:>9}  noise {noise:>7}  rounds {v.rounds:>3}  "
-                          f"{per_task.get(v.task, float('nan')):6.1f} s")
-                print(f"  exit code {gate_report.exit_code}; wall {wall:.1f} s "
-                      f"({'under' if wall < 120 else 'OVER'} the 2-minute target)\n")
-                runs.append({"label": label, "wall_s": round(wall, 2), "exit_code": gate_report.exit_code,
-                             "per_task_s": per_task, "counts": gate_report.counts(),
-                             "verdicts": [{"task": v.task, "verdict": v.verdict, "ratio": v.ratio, "ci_lo": v.ci_lo,
-                                           "ci_hi": v.ci_hi, "noise": v.noise, "rounds": v.rounds,
-                                           "reason": v.reason} for v in gate_report.verdicts]})
+                runs.append(_one_gate_run(label, trees, use_git, device, stages, tasks))
+        except Exception as exc:  # noqa: BLE001 - the trials below still have something to say
+            print(f"gate run failed: {type(exc).__name__}: {exc}\n")
+            runs.append({"label": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_s": None,
+                         "verdicts": []})
         finally:
             if previous is None:
                 os.environ.pop("AUTOKERNEL_CACHE_DIR", None)
             else:
                 os.environ["AUTOKERNEL_CACHE_DIR"] = previous
     return runs
+
+
+def _one_gate_run(label: str, trees: dict[str, Path], use_git: bool, device: str, stages, tasks) -> dict[str, Any]:
+    from autokernel_ci.gate import gate_trees, run_gate
+
+    events: list[tuple[float, str]] = []
+    t0 = time.monotonic()
+    on_event = lambda m: events.append((time.monotonic() - t0, m))  # noqa: E731
+    if use_git:
+        gate_report = run_gate(trees["base"], "HEAD~1", "HEAD", device=device, stages=stages, on_event=on_event)
+    else:
+        gate_report = gate_trees(trees["base"], trees["head"], device=device, stages=stages, on_event=on_event)
+    wall = time.monotonic() - t0
+    per_task = _per_task_seconds(events, tasks)
+    for v in gate_report.verdicts:
+        ratio = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.2f} %"
+        noise = "-" if v.noise is None else f"{v.noise:.2%}"
+        print(f"  {v.task:<14} {v.verdict:<13} {ratio:>9}  noise {noise:>7}  rounds {v.rounds:>3}  "
+              f"{per_task.get(v.task, float('nan')):6.1f} s")
+        if v.verdict not in ("pass", "improvement"):
+            print(f"    {' '.join(v.reason.split())[:300]}")
+    print(f"  exit code {gate_report.exit_code}; wall {wall:.1f} s "
+          f"({'under' if wall < 120 else 'OVER'} the 2-minute target)\n")
+    return {"label": label, "wall_s": round(wall, 2), "exit_code": gate_report.exit_code, "git": use_git,
+            "per_task_s": per_task, "counts": gate_report.counts(),
+            "verdicts": [{"task": v.task, "verdict": v.verdict, "ratio": v.ratio, "ci_lo": v.ci_lo, "ci_hi": v.ci_hi,
+                          "noise": v.noise, "rounds": v.rounds, "reason": v.reason,
+                          "shapes": [{"shape": sc.shape, "base_median_us": sc.base_median_us,
+                                      "head_median_us": sc.head_median_us, "noise_source": sc.noise_source,
+                                      "aa_ratios": sc.aa_ratios, "rounds": sc.rounds} for sc in v.shapes]}
+                         for v in gate_report.verdicts]}
 
 
 def _per_task_seconds(events: list[tuple[float, str]], tasks: tuple[str, ...]) -> dict[str, float]:
@@ -419,7 +449,8 @@ class _Tally:
 
 def _print_summary(report: dict[str, Any], device: str) -> None:
     print("\n== results" + ("" if device == "cuda" else " (CPU interpreter: NOT representative)") + " ==")
-    for run in report.get("gate_runs", []):
+    runs = [r for r in report.get("gate_runs", []) if r.get("wall_s") is not None]
+    for run in runs:
         print(f"gate run, {run['label']}: {run['wall_s']:.1f} s wall, exit {run['exit_code']}, {run['counts']}")
     header = (f"{'kernel':<16}{'nominal':>8}{'injected':>10}{'trials':>7}{'regression':>11}{'1st meas.':>10}"
               f"{'inconcl.':>9}{'rounds':>7}{'s/dec':>6}")
@@ -445,7 +476,6 @@ def _print_summary(report: dict[str, Any], device: str) -> None:
             target = TARGETS.get(size)
             check = f" (target ≥ {target:.0%}: {'met' if rate >= target else 'NOT met'})" if target else ""
             print(f"  {size:.0%}: detected {hits}/{trials} = {rate:.1%}{check}")
-    runs = report.get("gate_runs", [])
     if runs:
         warm = runs[-1]["wall_s"]
         print(f"  one gate run, {len(runs[0]['verdicts'])} tasks: {runs[0]['wall_s']:.1f} s cold, {warm:.1f} s warm "
