@@ -114,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + args.budget_s
     if not args.skip_gate_runs:
         report["gate_runs"] = _gate_runs(device, args, warm_by=started + args.budget_s / 2)
-    report["detection"] = _detection(device, args, deadline)
+    try:
+        report["detection"] = _detection(device, args, deadline)
+    except Exception as exc:  # noqa: BLE001 - keep the gate runs' numbers and say what broke
+        import traceback
+
+        traceback.print_exc()
+        report["detection"] = {"kernels": [], "error": f"{type(exc).__name__}: {exc}"}
     report["wall_s"] = round(time.monotonic() - started, 1)
     _print_summary(report, device)
     out = args.json or (Path(os.environ["OUT"]) / "gate_detection.json" if os.environ.get("OUT") else None)
