@@ -52,21 +52,33 @@ def main() -> int:
             result = evaluate(task, path, device="cuda", stages=("smoke", "shapes"), timing=plan)
             print(f"{op}: {result.status.value} {result.message} ({result.duration_s:.0f} s)", flush=True)
             rows.append(result.to_dict())
-    print("\n| op | shape | µs | % roofline | vs eager | vs vendor | vs compile | slower than best baseline? |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+            # Rows as each op finishes, so that a run cut short by its time limit still reports.
+            print(HEADER)
+            print("\n".join(table_rows(rows[-1])), flush=True)
+            if os.environ.get("OUT"):
+                Path(os.environ["OUT"], "ops.json").write_text(json.dumps(rows))
+    print("\n" + HEADER)
     for r in rows:
-        for t in r["timings"]:
-            b = t["baselines_us"]
-            ratios = {k: b[k] / t["median_us"] for k in ("eager", "vendor", "compile") if k in b}
-            pct = f"{t['pct_roofline']:.1f}" if t["pct_roofline"] is not None else "-"
-            worst = "yes" if ratios and min(ratios.values()) < 1.0 else "no"
-            shape = "×".join(map(str, t["shape"].values()))
-            print(f"| {r['task']} | {shape} | {t['median_us']:.1f} | {pct} | "
-                  + " | ".join(f"{ratios[k]:.2f}×" if k in ratios else "-" for k in ("eager", "vendor", "compile"))
-                  + f" | {worst} |")
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "ops.json").write_text(json.dumps(rows))
+        print("\n".join(table_rows(r)))
     return 0 if all(r["status"] == "PASS" for r in rows) else 1
+
+
+HEADER = ("| op | shape | µs | % roofline | vs eager | vs vendor | vs compile | slower than best baseline? |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def table_rows(r: dict) -> list[str]:
+    lines = []
+    for t in r["timings"]:
+        b = t["baselines_us"]
+        ratios = {k: b[k] / t["median_us"] for k in ("eager", "vendor", "compile") if k in b}
+        pct = f"{t['pct_roofline']:.1f}" if t["pct_roofline"] is not None else "-"
+        worst = "yes" if ratios and min(ratios.values()) < 1.0 else "no"
+        shape = "×".join(map(str, t["shape"].values()))
+        lines.append(f"| {r['task']} | {shape} | {t['median_us']:.1f} | {pct} | "
+                     + " | ".join(f"{ratios[k]:.2f}×" if k in ratios else "-" for k in ("eager", "vendor", "compile"))
+                     + f" | {worst} |")
+    return lines
 
 
 if __name__ == "__main__":
