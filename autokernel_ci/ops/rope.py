@@ -42,15 +42,15 @@ def flops(shape, dtype) -> int:
 
 
 def constraint(config) -> str | None:
-    """At head dim 128 (the benchmark's), a [ROWS_PER_PROGRAM, 128] tile must give each thread 1 to 64 values."""
-    rows, warps = config.get("ROWS_PER_PROGRAM"), config.get("NUM_WARPS")
-    if rows is None or warps is None:
-        return None
-    per_thread = rows * 128 / (32 * warps)
+    """At the benchmark's 32 heads of 128, a [HEADS_PER_PROGRAM, 128] tile must give each thread 1 to 64
+    values. A None knob counts as the launcher's choice there (32 heads, 8 warps)."""
+    heads = config.get("HEADS_PER_PROGRAM") or 32
+    warps = config.get("NUM_WARPS") or min(16, max(1, heads * 128 // 512))
+    per_thread = heads * 128 / (32 * warps)
     if per_thread > 64:
-        return f"{rows} rows of 128 on {warps} warps is {per_thread:g} values a thread: it would spill"
+        return f"{heads} heads of 128 on {warps} warps is {per_thread:g} values a thread: it would spill"
     if per_thread < 1:
-        return f"{rows} rows of 128 are fewer values than {warps} warps have threads"
+        return f"{heads} heads of 128 are fewer values than {warps} warps have threads"
     return None
 
 
@@ -69,9 +69,9 @@ SPEC = OpSpec(
     decode_shapes=({"B": 1, "H": 32, "S": 1, "D": 128}, {"B": 4, "H": 32, "S": 1, "D": 128},
                    {"B": 16, "H": 32, "S": 1, "D": 128}),
     tunables=(
-        Tunable("ROWS_PER_PROGRAM", (None, 1, 2, 4, 8, 16, 32, 64, 128),
-                "head-dim rows one program rotates; the heads of a position are adjacent, so they share one "
-                "read of cos and sin. None: a 4096-value tile, fewer rows when there are few"),
+        Tunable("HEADS_PER_PROGRAM", (None, 1, 2, 4, 8, 16, 32, 64),
+                "heads of one position a program rotates; they share one read of cos and sin. "
+                "None: all heads up to a 4096-value tile, fewer when there are few positions"),
         Tunable("NUM_WARPS", (None, 1, 2, 4, 8, 16), "warps per program. None: about 16 values a thread"),
     ),
     constraint=constraint,
@@ -81,8 +81,8 @@ SPEC = OpSpec(
 # === kernel file ===
 """Rotary position embedding (interleaved pairs) in Triton, applied to x[B, H, S, D] with cos, sin[S, D/2].
 
-Memory-bound: x is read once and the output written once; cos and sin (S·D values, small) are read
-once per program and shared by the heads of a position, which sit next to each other in a tile.
+Memory-bound: x is read once and the output written once. A program takes the heads of one position,
+so cos and sin (S·D values, small) are read once per program as one row and shared by all its heads.
 """
 
 import torch  # noqa: E402, F811
@@ -90,8 +90,10 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 # The tunable knobs; None means "chosen from the shape" by `_launch_config`.
-ROWS_PER_PROGRAM = None  # head-dim rows per program (a power of two)
+HEADS_PER_PROGRAM = None  # heads of one position per program (a power of two)
 NUM_WARPS = None
+
+SM_COUNT = 132  # H100 SXM
 
 
 @triton.jit
@@ -104,57 +106,57 @@ def _rope_fwd_kernel(
     Sin_ptr,
     cs_row_stride,
     Out_ptr,
-    n_rows,
     n_heads,
     seq_len,
     half_dim,
-    ROWS_PER_PROGRAM: tl.constexpr,
+    HEADS_PER_PROGRAM: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
 ):
     """out[2i] = x[2i]·cos[s, i] − x[2i+1]·sin[s, i];  out[2i+1] = x[2i]·sin[s, i] + x[2i+1]·cos[s, i].
 
-    Su et al., "RoFormer" (2021), interleaved (GPT-J) layout; fp32 maths. A program rotates a
-    [ROWS_PER_PROGRAM, D] tile of rows taken in (b, s, h) order, heads fastest, so the rows of one
-    position share the same cos/sin addresses. Each row is loaded whole (contiguous, vectorised), split
-    into its even and odd lanes in registers, rotated, re-interleaved and stored whole. x may have any
-    strides over (B, H, S) (e.g. a transposed [B, S, H, D] projection); the output is contiguous.
+    Su et al., "RoFormer" (2021), interleaved (GPT-J) layout; fp32 maths. Program (t, j) rotates heads
+    j·HEADS_PER_PROGRAM … of position t = b·S + s, a [HEADS_PER_PROGRAM, D] tile. The position is one
+    scalar per program, so there is no per-row index arithmetic, and cos and sin are one contiguous
+    row each, loaded once and broadcast over the heads. Each head's row is loaded whole (vectorised),
+    split into its even and odd lanes in registers, rotated, re-interleaved and stored whole. x may
+    have any strides over (B, H, S) (e.g. a transposed [B, S, H, D] projection); the output is
+    contiguous.
     """
-    rows = tl.program_id(0).to(tl.int64) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
-    row_mask = rows[:, None] < n_rows
-    head = rows % n_heads
-    pos_flat = rows // n_heads
-    pos = pos_flat % seq_len
-    batch = pos_flat // seq_len
-    x_rows = X_ptr + (batch * x_stride_b + head * x_stride_h + pos * x_stride_s)[:, None]
-    out_rows = Out_ptr + (((batch * n_heads + head) * seq_len + pos) * (2 * half_dim))[:, None]
-
-    cols = tl.arange(0, 2 * BLOCK_HALF)
-    mask = row_mask & (cols[None, :] < 2 * half_dim)
-    x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    x0, x1 = tl.split(tl.reshape(x, (ROWS_PER_PROGRAM, BLOCK_HALF, 2)))
+    position = tl.program_id(0)
+    batch = (position // seq_len).to(tl.int64)
+    pos = (position % seq_len).to(tl.int64)
+    heads = tl.program_id(1) * HEADS_PER_PROGRAM + tl.arange(0, HEADS_PER_PROGRAM)
+    head_mask = heads[:, None] < n_heads
 
     pairs = tl.arange(0, BLOCK_HALF)
-    cs_offs = (pos * cs_row_stride)[:, None] + pairs[None, :]
-    cs_mask = row_mask & (pairs[None, :] < half_dim)
-    cos = tl.load(Cos_ptr + cs_offs, mask=cs_mask, other=0.0).to(tl.float32)
-    sin = tl.load(Sin_ptr + cs_offs, mask=cs_mask, other=0.0).to(tl.float32)
+    pair_mask = pairs < half_dim
+    cos = tl.load(Cos_ptr + pos * cs_row_stride + pairs, mask=pair_mask, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(Sin_ptr + pos * cs_row_stride + pairs, mask=pair_mask, other=0.0).to(tl.float32)[None, :]
 
+    cols = tl.arange(0, 2 * BLOCK_HALF)
+    mask = head_mask & (cols[None, :] < 2 * half_dim)
+    x_rows = X_ptr + batch * x_stride_b + pos * x_stride_s + heads.to(tl.int64)[:, None] * x_stride_h
+    x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x0, x1 = tl.split(tl.reshape(x, (HEADS_PER_PROGRAM, BLOCK_HALF, 2)))
     out = tl.join(x0 * cos - x1 * sin, x0 * sin + x1 * cos)
-    out = tl.reshape(out, (ROWS_PER_PROGRAM, 2 * BLOCK_HALF))
+    out = tl.reshape(out, (HEADS_PER_PROGRAM, 2 * BLOCK_HALF))
+    out_rows = Out_ptr + ((batch * n_heads + heads[:, None]) * seq_len + pos) * (2 * half_dim)
     tl.store(out_rows + cols[None, :], out.to(Out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch_config(n_rows: int, head_dim: int) -> tuple[int, int, int]:
-    """(BLOCK_HALF, ROWS_PER_PROGRAM, NUM_WARPS): the knobs, with None filled from the shape."""
+def _launch_config(n_positions: int, n_heads: int, head_dim: int) -> tuple[int, int, int]:
+    """(BLOCK_HALF, HEADS_PER_PROGRAM, NUM_WARPS): the knobs, with None filled from the shape."""
     block_half = triton.next_power_of_2(max(head_dim // 2, 1))
-    rows = ROWS_PER_PROGRAM
-    if rows is None:
-        # A 4096-value tile, but fewer rows when that would leave SMs idle (decode: a few rows).
-        rows = max(1, min(4096 // (2 * block_half), triton.next_power_of_2(triton.cdiv(n_rows, 132))))
+    heads = HEADS_PER_PROGRAM
+    if heads is None:
+        # All heads of a position up to a 4096-value tile; fewer when that would leave SMs idle
+        # (decode: a handful of positions).
+        wanted_per_sm = triton.next_power_of_2(triton.cdiv(n_positions * n_heads, SM_COUNT))
+        heads = max(1, min(triton.next_power_of_2(n_heads), 4096 // (2 * block_half), wanted_per_sm))
     warps = NUM_WARPS
     if warps is None:
-        warps = min(16, max(1, rows * 2 * block_half // 512))
-    return block_half, rows, warps
+        warps = min(16, max(1, heads * 2 * block_half // 512))
+    return block_half, heads, warps
 
 
 def kernel_fn(x, cos, sin):
@@ -172,12 +174,13 @@ def kernel_fn(x, cos, sin):
     cos = cos.contiguous().view(seq_len, half)
     sin = sin.contiguous().view(seq_len, half)
     out = torch.empty((batch, n_heads, seq_len, head_dim), dtype=x.dtype, device=x.device)
-    n_rows = batch * n_heads * seq_len
-    if n_rows == 0 or half == 0:
+    n_positions = batch * seq_len
+    if n_positions == 0 or n_heads == 0 or half == 0:
         return out
-    block_half, rows, warps = _launch_config(n_rows, head_dim)
-    _rope_fwd_kernel[(triton.cdiv(n_rows, rows),)](
+    block_half, heads, warps = _launch_config(n_positions, n_heads, head_dim)
+    grid = (n_positions, triton.cdiv(n_heads, heads))
+    _rope_fwd_kernel[grid](
         x, x.stride(0), x.stride(1), x.stride(2), cos, sin, cos.stride(0), out,
-        n_rows, n_heads, seq_len, half, ROWS_PER_PROGRAM=rows, BLOCK_HALF=block_half, num_warps=warps,
+        n_heads, seq_len, half, HEADS_PER_PROGRAM=heads, BLOCK_HALF=block_half, num_warps=warps,
     )
     return out

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 OP = "rope"
-SEVERAL_PROGRAMS = {"B": 2, "H": 3, "S": 5, "D": 64}  # 30 rows: tiles span heads and positions
+SEVERAL_PROGRAMS = {"B": 2, "H": 3, "S": 5, "D": 64}  # 3 heads: the head blocks of 2 and 4 are ragged
 
 
 def test_matches_float64_reference(check, shape, dtype):
@@ -61,3 +61,9 @@ def test_defaults_and_sampled_configs_pass_check_config_and_run(load_starter, ch
 
 def test_default_config_compiles_for_h100_without_spills(compiles_for_h100, spec):
     compiles_for_h100("bf16", [*spec.bench_shapes, *spec.decode_shapes])
+
+
+def test_decode_spreads_the_heads_of_one_position_over_several_programs(op):
+    block_half, heads, warps = op._launch_config(1, 32, 128)
+    assert heads < 32
+    assert op._launch_config(4096, 32, 128)[1] == 32  # prefill: all heads of a position together
