@@ -101,13 +101,23 @@ TARGET_PROGRAMS = 4 * 132
 
 
 @triton.jit
+def _online_update(m, s, x):
+    """Fold a new value x into a lane's running max m and sum s = Σ exp(x_seen − m), with one exponential.
+
+    e = exp(−|x − m|): if x ≤ m, s += e; otherwise the old sum is rescaled to the new max, s = s·e + 1,
+    and m = x. Milakov & Gimelshein, "Online normalizer calculation for softmax" (2018), per lane.
+    """
+    e = tl.exp(-tl.abs(x - m))
+    grows = x > m
+    return tl.where(grows, x, m), tl.where(grows, s * e + 1.0, s + e)
+
+
+@triton.jit
 def _cross_entropy_partial_kernel(
     Logits_ptr,
     row_stride,
-    Targets_ptr,
     Max_ptr,
     Sum_ptr,
-    Picked_ptr,
     n_cols,
     cols_per_split,
     n_splits,
@@ -115,12 +125,11 @@ def _cross_entropy_partial_kernel(
 ):
     """For row t and vocabulary slice j: m_tj = max_v x_tv and s_tj = Σ_v exp(x_tv − m_tj) over the slice.
 
-    Online normaliser (Milakov & Gimelshein 2018), kept per lane so a step has no cross-thread
-    reduction: each lane holds a running max m and sum s. A new value x updates them with a single
-    exponential e = exp(−|x − m|): if x ≤ m, s += e; else s = s·e + 1 and m = x. Lanes are merged
-    once at the end. The running max starts at −1e30 rather than −inf so padding (−inf) never meets
-    −inf − (−inf) = NaN. Slice 0 also fetches the target's logit x[t, target_t] (NaN when the target
-    is out of range, so a bad target poisons the loss instead of reading out of bounds).
+    Each lane keeps its own running max and sum (`_online_update`), so a step needs no cross-thread
+    reduction; lanes are merged once at the end. A step loads two blocks before using either, which
+    doubles the bytes each program has in flight for the same per-lane state: with the state in
+    registers, that is what keeps enough reads outstanding to reach full bandwidth. The running max
+    starts at −1e30 rather than −inf so padding (−inf) never meets −inf − (−inf) = NaN.
     """
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
@@ -130,44 +139,49 @@ def _cross_entropy_partial_kernel(
     cols = tl.arange(0, BLOCK_SIZE)
     m = tl.full((BLOCK_SIZE,), -1e30, dtype=tl.float32)
     s = tl.zeros((BLOCK_SIZE,), dtype=tl.float32)
-    for off in range(start, end, BLOCK_SIZE):
-        c = off + cols
-        x = tl.load(x_row + c, mask=c < end, other=float("-inf")).to(tl.float32)
-        e = tl.exp(-tl.abs(x - m))
-        grows = x > m
-        s = tl.where(grows, s * e + 1.0, s + e)
-        m = tl.where(grows, x, m)
+    for off in range(start, end, 2 * BLOCK_SIZE):
+        c0 = off + cols
+        c1 = c0 + BLOCK_SIZE
+        x0 = tl.load(x_row + c0, mask=c0 < end, other=float("-inf")).to(tl.float32)
+        x1 = tl.load(x_row + c1, mask=c1 < end, other=float("-inf")).to(tl.float32)
+        m, s = _online_update(m, s, x0)
+        m, s = _online_update(m, s, x1)
     m_row = tl.max(m, axis=0)
     s_row = tl.sum(s * tl.exp(m - m_row), axis=0)
     tl.store(Max_ptr + row * n_splits + split, m_row)
     tl.store(Sum_ptr + row * n_splits + split, s_row)
-    if split == 0:
-        target = tl.load(Targets_ptr + row).to(tl.int64)
-        in_range = (target >= 0) & (target < n_cols)
-        picked = tl.load(x_row + target, mask=in_range, other=float("nan")).to(tl.float32)
-        tl.store(Picked_ptr + row, picked)
 
 
 @triton.jit
 def _cross_entropy_mean_kernel(
     Max_ptr,
     Sum_ptr,
-    Picked_ptr,
+    Logits_ptr,
+    row_stride,
+    Targets_ptr,
     Loss_ptr,
     n_rows,
+    n_cols,
     n_splits,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr,
 ):
     """loss = (1/T) Σ_t (M_t + log Σ_j s_tj · exp(m_tj − M_t) − x[t, target_t]), M_t = max_j m_tj.
 
-    One program walks the rows in order, so the fp32 sum is the same on every run.
+    One program walks the rows in order, so the fp32 sum is the same on every run. It also fetches the
+    target logits, BLOCK_ROWS independent reads at a time, rather than leaving each streaming program
+    a dependent read (target, then logit) at its end. A target out of [0, V) reads NaN, so a bad target
+    poisons the loss instead of reading out of bounds.
     """
     splits = tl.arange(0, BLOCK_SPLITS)
     total = tl.zeros((BLOCK_ROWS,), dtype=tl.float32)
     for start in range(0, n_rows, BLOCK_ROWS):
         rows = start + tl.arange(0, BLOCK_ROWS)
         row_mask = rows < n_rows
+        target = tl.load(Targets_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+        in_range = (target >= 0) & (target < n_cols)
+        picked_ptr = Logits_ptr + rows.to(tl.int64) * row_stride + target
+        picked = tl.load(picked_ptr, mask=row_mask & in_range, other=float("nan")).to(tl.float32)
         mask = row_mask[:, None] & (splits[None, :] < n_splits)
         offs = rows[:, None] * n_splits + splits[None, :]
         m = tl.load(Max_ptr + offs, mask=mask, other=-1e30)
@@ -175,7 +189,6 @@ def _cross_entropy_mean_kernel(
         m_row = tl.max(m, axis=1)
         # Rows past the end sum to 0: take log(1) there instead of log(0), then drop them.
         lse = m_row + tl.log(tl.where(row_mask, tl.sum(s * tl.exp(m - m_row[:, None]), axis=1), 1.0))
-        picked = tl.load(Picked_ptr + rows, mask=row_mask, other=0.0)
         total += tl.where(row_mask, lse - picked, 0.0)
     tl.store(Loss_ptr, tl.sum(total, axis=0) / n_rows)
 
@@ -184,11 +197,11 @@ def _launch_config(n_rows: int, n_cols: int) -> tuple[int, int, int, int]:
     """(BLOCK_SIZE, NUM_WARPS, splits, columns per split): the knobs, with None filled from the shape."""
     block = BLOCK_SIZE if BLOCK_SIZE is not None else min(4096, max(16, triton.next_power_of_2(n_cols)))
     warps = NUM_WARPS if NUM_WARPS is not None else min(16, max(1, block // 512))
-    steps = triton.cdiv(n_cols, block)
+    steps = triton.cdiv(n_cols, 2 * block)  # a step reads two blocks
     splits = VOCAB_SPLITS if VOCAB_SPLITS is not None else triton.cdiv(TARGET_PROGRAMS, max(n_rows, 1))
     splits = max(1, min(splits, steps))
     # Whole steps per split, so only the row's last step is ragged; recount so no split is empty.
-    cols_per_split = triton.cdiv(steps, splits) * block
+    cols_per_split = triton.cdiv(steps, splits) * 2 * block
     return block, warps, triton.cdiv(n_cols, cols_per_split), cols_per_split
 
 
@@ -208,16 +221,14 @@ def kernel_fn(logits, targets):
     block, warps, splits, cols_per_split = _launch_config(n_rows, n_cols)
     row_max = torch.empty((n_rows, splits), dtype=torch.float32, device=logits.device)
     row_sum = torch.empty((n_rows, splits), dtype=torch.float32, device=logits.device)
-    picked = torch.empty((n_rows,), dtype=torch.float32, device=logits.device)
     if n_rows > 0 and n_cols > 0:
         _cross_entropy_partial_kernel[(n_rows, splits)](
-            x, x.stride(0), t, row_max, row_sum, picked, n_cols, cols_per_split, splits,
-            BLOCK_SIZE=block, num_warps=warps,
+            x, x.stride(0), row_max, row_sum, n_cols, cols_per_split, splits, BLOCK_SIZE=block, num_warps=warps,
         )
     block_splits = triton.next_power_of_2(splits)
     block_rows = max(1, min(triton.next_power_of_2(max(n_rows, 1)), 4096 // block_splits))
     _cross_entropy_mean_kernel[(1,)](
-        row_max, row_sum, picked, loss, n_rows, splits,
+        row_max, row_sum, x, x.stride(0), t, loss, n_rows, n_cols, splits,
         BLOCK_ROWS=block_rows, BLOCK_SPLITS=block_splits, num_warps=8 if block_rows * block_splits >= 2048 else 4,
     )
     return loss
