@@ -68,7 +68,7 @@ SPEC = OpSpec(
     vendor_name="F.cross_entropy",
     tunables=(
         Tunable("BLOCK_SIZE", (None, 1024, 2048, 4096, 8192, 16384),
-                "vocabulary columns one step of the online logsumexp reads. None: up to 4096"),
+                "vocabulary columns per load; a step of the online logsumexp loads two. None: up to 4096"),
         Tunable("NUM_WARPS", (None, 4, 8, 16, 32), "warps per program. None: about 16 columns a thread"),
         Tunable("VOCAB_SPLITS", (None, 1, 2, 4, 8, 16, 32, 64),
                 "programs sharing one row's vocabulary; more fill the GPU when there are few rows. "
@@ -92,7 +92,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 # The tunable knobs; None means "chosen from the shape" by `_launch_config`.
-BLOCK_SIZE = None  # vocabulary columns per step (a power of two)
+BLOCK_SIZE = None  # vocabulary columns per load; a step loads two blocks (a power of two)
 NUM_WARPS = None
 VOCAB_SPLITS = None  # programs per row
 
