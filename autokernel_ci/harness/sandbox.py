@@ -110,20 +110,25 @@ def run_worker(request: dict[str, Any], out_dir: Path, timeout: float, env: dict
         )
         timed_out = False
         seen = 0
-        while True:
-            try:
-                proc.wait(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                if time.monotonic() - start > timeout:
-                    timed_out = True
-                    _kill_group(proc)
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.2)
                     break
-            if on_progress is not None:
-                done = _count_lines(out_dir / "progress.log")
-                if done != seen:
-                    seen = done
-                    on_progress(done)
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() - start > timeout:
+                        timed_out = True
+                        _kill_group(proc)
+                        break
+                if on_progress is not None:
+                    done = _count_lines(out_dir / "progress.log")
+                    if done != seen:
+                        seen = done
+                        on_progress(done)
+        except BaseException:
+            # Ctrl-C or SIGTERM in the caller: the worker has its own session and would outlive us.
+            _kill_group(proc)
+            raise
     seconds = time.monotonic() - start
     result = None
     result_path = out_dir / "result.json"
