@@ -13,7 +13,7 @@ from pathlib import Path
 
 from autokernel_ci.errors import AutokernelError
 
-COMMANDS: tuple[str, ...] = ("eval", "bench", "calibrate", "gate", "optimize", "demo")
+COMMANDS: tuple[str, ...] = ("eval", "bench", "calibrate", "gate", "optimize", "demo", "profile", "verify")
 
 EXIT_NOT_PASSED = 1
 
