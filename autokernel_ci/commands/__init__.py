@@ -13,7 +13,8 @@ from pathlib import Path
 
 from autokernel_ci.errors import AutokernelError
 
-COMMANDS: tuple[str, ...] = ("eval", "bench", "calibrate", "gate", "optimize", "demo", "profile", "verify")
+COMMANDS: tuple[str, ...] = ("eval", "bench", "calibrate", "gate", "optimize", "demo", "profile", "verify", "publish",
+                             "review_status")
 
 EXIT_NOT_PASSED = 1
 
