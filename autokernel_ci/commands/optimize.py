@@ -42,6 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=positive_float, default=600.0, metavar="SECONDS",
                    help="hard limit for one evaluation (default 600; the loop also adapts it to the kernel)")
     p.add_argument("--config", metavar="FILE", help="config file (default: ./.autokernel.yml)")
+    p.add_argument("--model", metavar="NAME",
+                   help="a model named in .autokernel.yml: profile it, add tasks for its hottest built-in ops, and "
+                        "spend the budget where it saves the most end to end (instead of --task)")
+    p.add_argument("--open-pr", action="store_true",
+                   help="afterwards, push each experiment branch with a kept commit and open or update its pull "
+                        "request, as `autokernel-ci publish --results DIR` does (needs GITHUB_TOKEN)")
     p.set_defaults(handler=run)
 
 
@@ -53,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if config_path is None:
         raise AutokernelError("optimize needs a .autokernel.yml naming the kernels to optimize (or pass --config)")
     cfg = load_config(config_path)
+    command = "autokernel-ci " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["optimize"] else "autokernel-ci optimize"
+    if args.model:
+        return optimize_for_model(args, config_path, cfg.optimize, command)
     names = args.task or [k.name for k in cfg.kernels]
     if not names:
         raise AutokernelError(f"{config_path} names no kernels to optimize")
@@ -65,11 +74,43 @@ def run(args: argparse.Namespace) -> int:
         proposer=args.proposer or settings.proposer,
         device=args.device, timeout=args.timeout, resume=args.resume,
     )
-    command = "autokernel-ci " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["optimize"] else "autokernel-ci optimize"
     results = optimize_tasks(tasks, settings, out=Path(args.out) if args.out else None, command=command, **options)
     if any(r.interrupted for r in results):
         return EXIT_INTERRUPTED
+    if args.open_pr and results:
+        open_pull_requests(results[0].out_dir, Path(results[0].repo), config_path)
     return EXIT_NO_BASELINE if any(r.best_result is None for r in results) else 0
+
+
+def optimize_for_model(args: argparse.Namespace, config_path: Path, settings: Any, command: str) -> int:
+    """`--model NAME`: profile, rank by end-to-end saving, and run the loop over the hottest ops."""
+    from autokernel_ci.orchestrate import optimize_model
+    from autokernel_ci.report.terminal import make_console
+
+    if args.task or args.resume:
+        raise AutokernelError("--model chooses its own tasks and starts a fresh run; leave out --task and --resume")
+    done = optimize_model(args.model, config_path, budget_minutes=args.budget_minutes or settings.budget_minutes,
+                          out=Path(args.out) if args.out else None, proposer=args.proposer or settings.proposer,
+                          device=args.device, timeout=args.timeout,
+                          max_experiments=args.max_experiments or settings.max_experiments,
+                          patience=args.patience or settings.patience, command=command)
+    print_summary(done.loop_results, done.paths, make_console())
+    if args.open_pr and done.loop_results:
+        first = done.loop_results[0]
+        open_pull_requests(first.out_dir, Path(first.repo), config_path)
+    return EXIT_NO_BASELINE if any(r.best_result is None for r in done.loop_results) else 0
+
+
+def open_pull_requests(out_dir: Path, repo: Path, config_path: Path) -> None:
+    """`--open-pr`: what `autokernel-ci publish --results DIR` does, right after the loop."""
+    from autokernel_ci.commands.publish import publish_results
+
+    try:
+        publish_results(out_dir, repo_dir=repo, config_path=config_path)
+    except AutokernelError as exc:
+        raise AutokernelError(f"the run finished (its results are in {out_dir}), but publishing it failed: {exc} "
+                              f"To retry without running the loop again: autokernel-ci publish --results {out_dir}") \
+            from None
 
 
 def optimize_tasks(tasks: list, optimize_settings: Any, *, out: Path | None, budget_minutes: float,
