@@ -1,0 +1,176 @@
+"""Render what the bot writes, from real H100 measurements: an optimization PR body and a gate comment.
+
+    python examples/render_examples.py
+
+Inputs (examples/data/, copied unchanged from the GPU runs of 2026-11-25 recorded in
+benchmarks/RESULTS.md, except device_run1.json, which keeps only the device record of its run):
+
+- eval_rmsnorm_run2.json: run 2 (18:43 UTC), the `EvalResult` of the library's starter rmsnorm
+  kernel through the full gate and timed beside the eager, vendor and torch.compile baselines
+  (`benchmarks/eval_builtins.py`).
+- device_run1.json: the device probe of run 1 (18:41 UTC, `benchmarks/calibrate_check.py`), the
+  only record of that day's GPU driver before run 2 (an EvalResult does not record the driver).
+- gate_detection_run3.json: run 3 (19:03 UTC), one full `gate` run over the 7 starter kernels
+  (`benchmarks/gate_detection.py`; head = base + a comment in every kernel file).
+
+Outputs: examples/pr_body.md and examples/gate_comment.md. Every figure in them comes from those
+files; what the runs did not record is left empty or marked so, and each file's header says which
+run it came from and what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from autokernel_ci.gate import GateReport, Measurement, ShapeComparison, TaskVerdict
+from autokernel_ci.github import DEFAULT_PR_LABELS, GATE_COMMENT_MARKER, PERF_CONTEXT
+from autokernel_ci.loop import LoopResult
+from autokernel_ci.ops import get_op, starter_source
+from autokernel_ci.report.gate_md import render_markdown, status_description
+from autokernel_ci.report.pr_body import pr_title, render_pr_body
+from autokernel_ci.results import EvalResult
+from autokernel_ci.risk import RiskConfig, classify
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+KERNEL_PATH = "kernels/rmsnorm.py"
+
+
+def load(name: str) -> dict:
+    return json.loads((DATA / name).read_text())
+
+
+# -- the optimization pull request --------------------------------------------------------------------
+
+
+def new_file_diff(path: str, text: str) -> str:
+    """The git diff that adds `path` with `text`: what the risk classifier reads."""
+    lines = text.splitlines()
+    return "\n".join([f"diff --git a/{path} b/{path}", "new file mode 100644", "--- /dev/null", f"+++ b/{path}",
+                      f"@@ -0,0 +1,{len(lines)} @@", *("+" + line for line in lines)]) + "\n"
+
+
+def pr_body_example() -> str:
+    result = EvalResult.from_dict(load("eval_rmsnorm_run2.json"))
+    device = load("device_run1.json")
+    run = LoopResult(task="rmsnorm", kernel_path=KERNEL_PATH, repo="", branch="", start_commit="", head_commit="",
+                     proposer="none", out_dir=DATA, experiments=[], start_result=None, best_result=result,
+                     stop_reason="no experiment loop ran: this is the starter kernel as measured in run 2",
+                     elapsed_s=0.0, noise=None, representative=result.representative_timing, device=result.device)
+    config = RiskConfig()
+    risk = classify(get_op("rmsnorm").family, new_file_diff(KERNEL_PATH, starter_source("rmsnorm")), config)
+    driver = device["device"]["driver_version"]
+    body = render_pr_body(
+        [run], risk=risk, risk_config=config,
+        environment={"driver": f"{driver} (device probe of run 1 at 18:41 UTC; run 2's results do not record it)"},
+        reproduce=["autokernel-ci bench --task rmsnorm --device cuda   # the gate, then timings beside the baselines",
+                   "python benchmarks/eval_builtins.py                 # the script that produced these numbers"])
+    header = f"""\
+# Example: the body of an optimization pull request
+
+Rendered by `python examples/render_examples.py` with `report/pr_body.py`, the renderer `autokernel-ci
+publish` uses, from real measurements: run 2 of `benchmarks/RESULTS.md` (2026-11-25 18:43 UTC, one
+{result.device}), the `EvalResult` of the library's starter rmsnorm kernel through the full
+5-stage gate and timed beside the eager, vendor (`F.rms_norm`) and `torch.compile` baselines
+(`examples/data/eval_rmsnorm_run2.json`).
+
+No experiment loop ran in that session, so the "after" column is the starter kernel as measured
+there, "before" is empty, the experiment log has no experiments, and there is no progress plot. A
+real pull request fills these from the loop's `results.jsonl` and commits the plot on its branch
+(`tests/test_publish.py` publishes one). The driver comes from run 1's device probe two minutes
+earlier (`examples/data/device_run1.json`). The review section is the risk classifier's verdict
+on the starter kernel's source added as `{KERNEL_PATH}`.
+
+Title: `{pr_title([run])}` · labels: {", ".join(f"`{x}`" for x in [*DEFAULT_PR_LABELS, risk.label(config)])}
+
+Below the line: the body, as sent.
+
+---
+
+"""
+    return header + body
+
+
+# -- the gate's sticky comment ------------------------------------------------------------------------
+
+
+def gate_report_run3() -> tuple[GateReport, dict]:
+    """The GateReport of run 3's gate run, as far as its JSON records it.
+
+    Recorded per task: verdict, reason, the deciding shape's head/base ratio with its 99 % interval,
+    the A/A noise and the rounds. Not recorded: the samples, the base and head medians and the commit
+    SHAs (the run used a temporary repository), so those cells stay empty and the refs are named
+    instead. The rounds are carried by one measurement record with empty sample lists.
+    """
+    data = load("gate_detection_run3.json")
+    run = data["gate_runs"][0]
+    threshold = float(data["threshold"])
+    verdicts = []
+    for v in run["verdicts"]:
+        effective = max(threshold, v["noise"])
+        decided = ShapeComparison(shape={}, dtype="", verdict=v["verdict"], reason=v["reason"], ratio=v["ratio"],
+                                  ci_lo=v["ci_lo"], ci_hi=v["ci_hi"], effective_threshold=effective, noise=v["noise"],
+                                  noise_source="measured",
+                                  measurements=[Measurement(decision={}, base_us=[[] for _ in range(v["rounds"])],
+                                                            head_us=[[] for _ in range(v["rounds"])])])
+        verdicts.append(TaskVerdict(task=v["task"], verdict=v["verdict"], reason=v["reason"],
+                                    path=f"kernels/{v['task']}.py", timing_measured=True, ratio=v["ratio"],
+                                    ci_lo=v["ci_lo"], ci_hi=v["ci_hi"], threshold=threshold, noise=v["noise"],
+                                    effective_threshold=effective, rounds=v["rounds"], shapes=[decided]))
+    dev = data["device"]
+    report = GateReport(base="the 7 starter kernels", base_sha="HEAD~1", head="+ a comment in every kernel file",
+                        head_sha="HEAD", device=dev["name"], timings_measured=True, threshold=threshold,
+                        verdicts=verdicts, exit_code=run["exit_code"], duration_s=run["wall_s"],
+                        started_at=data["date"],
+                        environment={"driver": dev["driver_version"], "cuda": dev["cuda_version"],
+                                     "torch": dev["torch_version"], "triton": dev["triton_version"]})
+    return report, data
+
+
+def gate_comment_example() -> str:
+    report, data = gate_report_run3()
+    comment = f"{GATE_COMMENT_MARKER}\n{render_markdown(report)}"
+    dev = data["device"]
+    noisy = ", ".join(f"{v.noise:.1%} on {v.task}" for v in sorted(report.verdicts, key=lambda v: -v.noise)
+                      if v.noise > 2 * report.threshold)
+    worst = max(report.verdicts, key=lambda v: v.ratio)
+    why = f"{worst.task}'s {(worst.ratio - 1) * 100:+.0f} % on an unchanged kernel passes"
+    header = f"""\
+# Example: the gate's sticky comment on a pull request
+
+Rendered by `python examples/render_examples.py` with `report/gate_md.py`, the renderer `autokernel-ci
+gate` posts with, from a real gate run: run 3 of `benchmarks/RESULTS.md`
+(`examples/data/gate_detection_run3.json`).
+
+- When and where: {data['date'][:16].replace('T', ' ')} UTC; {dev['name']}, driver {dev['driver_version']}, \
+torch {dev['torch_version']}, triton {dev['triton_version']}.
+- Base: the 7 built-in starter kernels in a temporary repository; head: the same files plus a
+  comment, so every task is gated and nothing should change.
+
+- Not recorded by the run, so left empty: the base and head medians (µs) and the commit SHAs (the
+  refs `HEAD~1` and `HEAD` stand in).
+- This run predates the timing fix in `benchmarks/RESULTS.md` ("keep the GPU busy past the launch
+  after every L2 flush"). Its A/A noise reached {noisy}, which is why {why}: the
+  threshold follows the measured noise. Run 4, after the fix, measured far lower noise and caught
+  the injected slowdowns (`benchmarks/RESULTS.md`).
+
+Commit status `{PERF_CONTEXT}`: {"success" if report.passed else "failure"}, "{status_description(report)}".
+
+Below the line: the comment, as posted (the first line is the hidden marker that keeps it one
+comment, edited in place).
+
+---
+
+"""
+    return header + comment
+
+
+def main() -> None:
+    for name, text in (("pr_body.md", pr_body_example()), ("gate_comment.md", gate_comment_example())):
+        (HERE / name).write_text(text)
+        print(f"wrote {HERE / name}")
+
+
+if __name__ == "__main__":
+    main()
