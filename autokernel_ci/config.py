@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ CONFIG_NAMES = (".autokernel.yml", ".autokernel.yaml")
 DTYPE_CHOICES = ("fp32", "fp16", "bf16")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+LLM_MODEL_ENV = "AUTOKERNEL_LLM_MODEL"  # the LLM model when optimize.llm.model is not set
 
 
 @dataclass
@@ -63,8 +65,12 @@ class OptimizeSettings:
     max_experiments: int = 200
     patience: int = 40
     proposer: str = "tuner"
-    llm_model: str | None = None
+    llm_model: str | None = field(default_factory=lambda: os.environ.get(LLM_MODEL_ENV) or None)
     llm_max_cost_usd: float = 10.0
+    llm_max_total_tokens: int | None = None  # prompt + completion over the run; None: no token budget
+    llm_max_reply_tokens: int = 8192
+    llm_parallel: int = 1  # candidates per round (n where the provider supports it, else parallel requests)
+    llm_timeout_s: float = 300.0
 
 
 @dataclass
@@ -219,11 +225,18 @@ class _Validator:
             self.fail("optimize.proposer", f"expected 'tuner' or 'llm', got {proposer!r}")
         s.proposer = proposer
         llm = self.mapping("optimize.llm", raw.get("llm") or {})
-        self.keys("optimize.llm", llm, {"model", "max_cost_usd"})
+        self.keys("optimize.llm", llm, {"model", "max_cost_usd", "max_total_tokens", "max_reply_tokens", "parallel",
+                                        "timeout_s"})
         if llm.get("model") is not None and not isinstance(llm["model"], str):
             self.fail("optimize.llm.model", f"expected a litellm model string, got {llm['model']!r}")
-        s.llm_model = llm.get("model")
+        s.llm_model = llm.get("model") or s.llm_model
         s.llm_max_cost_usd = self.number("optimize.llm.max_cost_usd", llm.get("max_cost_usd", 10.0), 0, 1e6)
+        if llm.get("max_total_tokens") is not None:
+            s.llm_max_total_tokens = int(self.number("optimize.llm.max_total_tokens", llm["max_total_tokens"], 1, 1e12))
+        s.llm_max_reply_tokens = int(self.number("optimize.llm.max_reply_tokens",
+                                                 llm.get("max_reply_tokens", s.llm_max_reply_tokens), 256, 1e6))
+        s.llm_parallel = int(self.number("optimize.llm.parallel", llm.get("parallel", s.llm_parallel), 1, 16))
+        s.llm_timeout_s = self.number("optimize.llm.timeout_s", llm.get("timeout_s", s.llm_timeout_s), 1, 3600)
         return s
 
     # -- value checks ----------------------------------------------------------------------
