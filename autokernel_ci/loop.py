@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 DEFAULT_OUT = "autokernel-out"
 BOT_NAME = "autokernel-ci"
 BOT_EMAIL = "autokernel-ci@users.noreply.github.com"
-RUN_FILES = ("results.jsonl", "results.tsv", "best.json", "summary.md", "progress.png", "experiments")
+RUN_FILES = ("results.jsonl", "results.tsv", "best.json", "summary.md", "progress.png", "experiments", "llm")
 TSV_COLUMNS = ("n", "task", "verdict", "status", "speedup_vs_start", "vs_best", "pct_roofline", "score_us",
                "duration_s", "representative", "commit", "description", "message")
 SCREEN_STAGES = ("smoke", "shapes", "stability")
@@ -539,6 +539,7 @@ class ExperimentLoop:
         self.screen_plan = replace(self.plan, baselines=())
         original_ref = self.ws.current_ref()
         previous_handler = self._trap_sigterm()
+        self._start_proposer()
         try:
             if self.settings.resume:
                 self._resume()
@@ -551,6 +552,7 @@ class ExperimentLoop:
             self.stop_reason = "interrupted"
         finally:
             self._restore_kernel()
+            self._finish_proposer()
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
             head = self.ws.head() if self.branch else ""
@@ -560,6 +562,20 @@ class ExperimentLoop:
         self._write_best(head)
         self._progress("done", message=self.stop_reason)
         return self._result(head)
+
+    def _start_proposer(self) -> None:
+        """A proposer with a `start_run(task, out_dir)` (the LLM's) keeps its audit trail in the output folder."""
+        start = getattr(self.proposer, "start_run", None)
+        if callable(start):
+            start(self.task, self.out_dir)
+
+    def _finish_proposer(self) -> None:
+        """A proposer with a `finish_run()` winds down (a request in flight, its totals) and may leave a note."""
+        finish = getattr(self.proposer, "finish_run", None)
+        if callable(finish):
+            note = finish()
+            if note:
+                self.notes.append(note)
 
     def _trap_sigterm(self):
         """SIGTERM (a cancelled CI job) ends the loop like Ctrl-C: the kernel file is restored first."""
