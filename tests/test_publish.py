@@ -185,6 +185,32 @@ def test_publish_opens_the_pr_once_and_a_rerun_updates_it(project, server, actio
     assert TOKEN not in first + second
 
 
+def test_a_newer_plot_replaces_the_plot_commit_and_works_on_the_checked_out_branch(project, server, actions_env):
+    out = make_run(project, "rmsnorm", "kernels/rmsnorm.py", NORM_KERNEL)
+    branch = f"autokernel/rmsnorm-{DATE}"
+    kept = git(project, "rev-parse", branch)
+    assert publish("--results", str(out)) == 0
+    first_plot = git(project, "rev-parse", f"{branch}:.autokernel/progress-rmsnorm.png")
+
+    # A resumed run logs more experiments: the plot changes and replaces the one at the tip, whether the
+    # branch is elsewhere (plumbing) or checked out (a commit in the work tree).
+    plots = {first_plot}
+    for n, checked_out in ((4, False), (5, True)):
+        ResultsLog(out).append(Experiment(n, "rmsnorm", "within-noise", f"num_stages {n}", {"num_stages": n}, "tuner",
+                                          "PASS", "screen", ratio=0.99, speedup_vs_start=2.2, branch=branch,
+                                          representative=True, duration_s=9.0))
+        if checked_out:
+            git(project, "checkout", "-q", branch)
+        assert publish("--results", str(out), "--base", "main") == 0
+        assert git(project, "rev-parse", f"{branch}~1") == kept, "one plot commit, not two"
+        plots.add(git(project, "rev-parse", f"{branch}:.autokernel/progress-rmsnorm.png"))
+        assert git(project, "status", "--porcelain") == ""
+        assert server.head_sha(1) == git(project, "rev-parse", branch) and len(server.open_pulls()) == 1
+
+    assert len(plots) == 3 and git(project, "rev-parse", "--abbrev-ref", "HEAD") == branch
+    assert "5 tried, 1 kept, reverted: 1 slower, 2 within-noise, 1 rejected" in server.pull(1)["body"]
+
+
 def test_matmul_with_tl_dot_is_high_risk_and_waits_for_a_human(project, server, actions_env, capsys):
     out = make_run(project, "matmul", "kernels/matmul_tl.py", MATMUL_KERNEL)
 

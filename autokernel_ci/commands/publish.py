@@ -376,6 +376,8 @@ def commit_plot(repo: Path, r: LoopResult, rel: str) -> str | None:
         blob = _git(repo, "hash-object", "-w", str(png))
         if _blob_at(repo, branch_ref, rel) == blob:
             return rel  # already there: a re-run
+        tip = _git(repo, "rev-parse", branch_ref)
+        replace = _is_plot_commit(repo, tip, r.task)
         checked_out = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=repo, capture_output=True,
                                      text=True).stdout.strip() == branch_ref
         if checked_out:
@@ -383,10 +385,10 @@ def commit_plot(repo: Path, r: LoopResult, rel: str) -> str | None:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(png.read_bytes())
             _git(repo, "add", "-f", "--", rel)
-            _git(repo, "commit", "-q", "--no-verify", "-m", message, "--only", "--", rel, env=identity)
+            _git(repo, "commit", "-q", "--no-verify", *(["--amend"] if replace else []), "-m", message, "--only",
+                 "--", rel, env=identity)
             return rel
-        tip = _git(repo, "rev-parse", branch_ref)
-        parent = f"{tip}^" if _is_plot_commit(repo, tip, r.task) else tip
+        parent = f"{tip}^" if replace else tip
         index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         _git(repo, "read-tree", parent, env=index)
         _git(repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},{rel}", env=index)
