@@ -119,6 +119,26 @@ def activation(
     return x.to(dtype)
 
 
+def row_tile_constraint(config: Mapping[str, Any]) -> str | None:
+    """For the row-wise ops (norms, softmax): prunes tiles that would spill registers.
+
+    A thread holds BLOCK_SIZE · ROWS_PER_PROGRAM / (32 · NUM_WARPS) fp32 values of the tile: at most 64,
+    and at most its share of the 64K-register file (255 at most) less 32 for addresses and masks. A None
+    knob counts as the launcher's choice at the benchmark shape (rows of 4096: one row per program,
+    ~16 values a thread)."""
+    block = config.get("BLOCK_SIZE") or 4096
+    rows = config.get("ROWS_PER_PROGRAM") or 1
+    warps = config.get("NUM_WARPS") or min(16, max(1, block * rows // 512))
+    per_thread = block * rows / (32 * warps)
+    budget = min(64, min(255, 65536 // (32 * warps)) - 32)
+    if per_thread > budget:
+        return (f"a {rows}×{block} tile on {warps} warps is {per_thread:g} fp32 values a thread, over the "
+                f"{budget} that fit in registers: it would spill")
+    if per_thread < 1:
+        return f"a {rows}×{block} tile has fewer elements than {warps} warps have threads"
+    return None
+
+
 def element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 

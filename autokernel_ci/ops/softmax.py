@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from autokernel_ci.ops.base import OpSpec, Tunable, activation, element_size
+from autokernel_ci.ops.base import OpSpec, Tunable, activation, element_size, row_tile_constraint
 
 
 def reference(x):
@@ -32,24 +32,6 @@ def vendor(x):
     return torch.softmax(x, -1)
 
 
-def constraint(config) -> str | None:
-    """Prunes tiles that would spill registers. A thread holds BLOCK_SIZE · ROWS_PER_PROGRAM / (32 · NUM_WARPS)
-    fp32 values of the tile: at most 64, and at most its share of the 64K-register file (255 at most) less
-    32 for addresses and masks. A None knob counts as the launcher's choice at the benchmark shape (rows
-    of 4096: one row per program, ~16 values a thread)."""
-    block = config.get("BLOCK_SIZE") or 4096
-    rows = config.get("ROWS_PER_PROGRAM") or 1
-    warps = config.get("NUM_WARPS") or min(16, max(1, block * rows // 512))
-    per_thread = block * rows / (32 * warps)
-    budget = min(64, min(255, 65536 // (32 * warps)) - 32)
-    if per_thread > budget:
-        return (f"a {rows}×{block} tile on {warps} warps is {per_thread:g} fp32 values a thread, over the "
-                f"{budget} that fit in registers: it would spill")
-    if per_thread < 1:
-        return f"a {rows}×{block} tile has fewer elements than {warps} warps have threads"
-    return None
-
-
 SPEC = OpSpec(
     name="softmax",
     signature="kernel_fn(x)",
@@ -72,7 +54,7 @@ SPEC = OpSpec(
                 "rows one program handles together, as one tile; more suit short rows"),
         Tunable("NUM_WARPS", (None, 2, 4, 8, 16, 32), "warps per program. None: about 16 values a thread"),
     ),
-    constraint=constraint,
+    constraint=row_tile_constraint,
 )
 
 
