@@ -344,6 +344,19 @@ def _suggest(word: str, choices: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def top_level_names(tree: ast.Module) -> set[str]:
+    """The names a module defines at its top level: functions, classes, assignments and imports."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.ImportFrom, ast.Import)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
 def _find_definition(module: str, attr: str, root: Path) -> str | None:
     """Why `module:attr` cannot be resolved from `root`, or None. Reads source; executes nothing."""
     added = str(root) not in sys.path
@@ -363,14 +376,7 @@ def _find_definition(module: str, attr: str, root: Path) -> str | None:
             tree = ast.parse(Path(origin).read_text(), filename=origin)
         except (OSError, SyntaxError) as exc:
             return f"module {module!r} could not be read: {exc}"
-        names = set()
-        for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                names.add(node.name)
-            elif isinstance(node, ast.Assign):
-                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
-            elif isinstance(node, (ast.ImportFrom, ast.Import)):
-                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        names = top_level_names(tree)
         if attr not in names:
             return f"module {module!r} ({origin}) defines no {attr!r}" + _suggest(attr, names)
         return None

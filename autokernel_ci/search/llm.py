@@ -223,15 +223,9 @@ def _defines(source: str, entry: str) -> bool:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return re.search(rf"\b(def|class)\s+{re.escape(entry)}\b", source) is not None
-    names = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-    return entry in names
+    from autokernel_ci.config import top_level_names
+
+    return entry in top_level_names(tree)
 
 
 def _description(outside: str, source: str) -> str:
