@@ -21,6 +21,7 @@ from test_github import (  # noqa: F401 - fixtures, used by name
     FAST,
     MATMUL_KERNEL,
     NORM_KERNEL,
+    READ_TOKEN,
     TOKEN,
     actions_env,
     checkout,
@@ -283,10 +284,20 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(project, server, act
     assert "repository acme/no-such-repo was not found" in err and TOKEN not in err
     assert origin_sha(project, branch) is None and server.open_pulls() == []
 
-    git(project, "branch", "-D", branch)
+    # A token that may push but not open pull requests: what was done is reported, and a re-run finishes.
     monkeypatch.setenv("GITHUB_REPOSITORY", "acme/models")
+    monkeypatch.setenv("GITHUB_TOKEN", READ_TOKEN)
+    assert publish("--results", str(out)) == 2
+    err = capsys.readouterr().err
+    assert f"pushed {branch}" in err and "Re-run the same command" in err and READ_TOKEN not in err
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    assert publish("--results", str(out)) == 0 and len(server.open_pulls()) == 1
+    server.pull(1)["state"] = "closed"
+
+    git(project, "branch", "-D", branch)
     assert publish("--results", str(out)) == 2
     assert f"the experiment branch {branch}" in capsys.readouterr().err and server.open_pulls() == []
+    assert [c.status for c in server.calls("POST", r"/pulls$")] == [403, 201], "refused once, then opened once"
 
 
 # ---------------------------------------------------------------------------------------------------
