@@ -94,9 +94,11 @@ def _benchmarks(results: Sequence[LoopResult]) -> list[str]:
             rows.append(f"| {r.task} | {'×'.join(map(str, t.shape.values()))} | {t.dtype} | "
                         f"{_us(before_us) if before_us else '-'} | {_us(after_us)} | {speedup} | {' | '.join(vs)} | "
                         f"{pct} |")
-    notes = ["", "Times are medians of the full gate's timing runs (on the CPU interpreter, of the fastest half of "
-             "the samples, since other processes only add time); \"vs\" columns compare the final kernel with the "
-             "eager reference, the vendor op and `torch.compile` of the reference, where they were measured."]
+    on_cpu = any(not t.representative for r in results if r.best_result for t in r.best_result.timings)
+    where = (" (on the CPU interpreter, of the fastest half of the samples, since other processes only add time)"
+             if on_cpu else "")
+    notes = ["", f"Times are medians of the full gate's timing runs{where}; \"vs\" columns compare the final kernel "
+             "with the eager reference, the vendor op and `torch.compile` of the reference, where they were measured."]
     return rows + notes
 
 
