@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autokernel_ci.errors import CandidateError
+from autokernel_ci.errors import CandidateError, HarnessError
 from autokernel_ci.results import EvalResult, Finding, Status
 
 if TYPE_CHECKING:
@@ -84,6 +85,10 @@ def child_environment(env: Mapping[str, str] | None = None, device: str = "cpu")
     return clean
 
 
+class EvaluationCancelled(HarnessError):
+    """The evaluation was cancelled before the worker finished (the caller is shutting down)."""
+
+
 @dataclass
 class WorkerRun:
     returncode: int | None
@@ -95,8 +100,12 @@ class WorkerRun:
 
 
 def run_worker(request: dict[str, Any], out_dir: Path, timeout: float, env: dict[str, str],
-               on_progress: Callable[[int], None] | None = None) -> WorkerRun:
-    """Start the worker on `request`, wait at most `timeout` seconds, and collect what it wrote."""
+               on_progress: Callable[[int], None] | None = None,
+               cancel: threading.Event | None = None) -> WorkerRun:
+    """Start the worker on `request`, wait at most `timeout` seconds, and collect what it wrote.
+
+    Setting `cancel` (from another thread: a pool shutting down) kills the worker and raises
+    `EvaluationCancelled`; the worker lives in its own session and would otherwise outlive the caller."""
     request = {**request, "out_dir": str(out_dir)}
     request_path = out_dir / "request.json"
     request_path.write_text(json.dumps(request))
@@ -116,6 +125,8 @@ def run_worker(request: dict[str, Any], out_dir: Path, timeout: float, env: dict
                     proc.wait(timeout=0.2)
                     break
                 except subprocess.TimeoutExpired:
+                    if cancel is not None and cancel.is_set():
+                        raise EvaluationCancelled("the evaluation was cancelled") from None
                     if time.monotonic() - start > timeout:
                         timed_out = True
                         _kill_group(proc)
@@ -191,8 +202,13 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
              timeout: float = DEFAULT_TIMEOUT_S, seed: int | None = None, stages: tuple[str, ...] | None = None,
              include_bench_shapes: bool | None = None, work_dir: Path | None = None,
              timing: TimingPlan | None = None,
-             on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Static checks, then the worker, then judgement: the whole correctness gate for one candidate."""
+             on_progress: Callable[[int, int], None] | None = None,
+             env_overrides: Mapping[str, str] | None = None,
+             cancel: threading.Event | None = None) -> EvalResult:
+    """Static checks, then the worker, then judgement: the whole correctness gate for one candidate.
+
+    `env_overrides` are added to the worker's environment before credentials are stripped (a pool
+    pins each worker to its GPU with `CUDA_VISIBLE_DEVICES`); `cancel` is passed to `run_worker`."""
     from autokernel_ci.harness import anticheat
     from autokernel_ci.harness.correctness import STAGES, plan_cases
 
@@ -225,7 +241,9 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
                "timing": timing.to_wire() if timing else None}
     with tempfile.TemporaryDirectory(prefix="autokernel-eval-", dir=work_dir) as tmp:
         progress = (lambda done: on_progress(done, len(cases))) if on_progress else None
-        run = run_worker(request, Path(tmp), timeout, child_environment(device=device), progress)
+        env = child_environment({**os.environ, **env_overrides} if env_overrides else None, device=device)
+        # `cancel` only when given: wrappers of run_worker (benchmarks/optimize_tuner.py) keep working.
+        run = run_worker(request, Path(tmp), timeout, env, progress, **({"cancel": cancel} if cancel else {}))
         result.worker_log = run.log_tail[-2000:]
         if run.timed_out:
             return _finish(result, Status.TIMEOUT, f"the candidate ran past the {timeout:g} s limit "
