@@ -20,10 +20,18 @@ two runs differ in what ran before the timing, which moves interpreter timings b
 Safety: the loop refuses a dirty work tree, writes only the kernel file (and commits only it) and
 the output folder, restores the kernel file in a `finally`, appends each row with flush and fsync,
 and `--resume` picks up the branch and the log after the runner died, trying nothing twice.
+
+**Several workers** (`LoopSettings.workers` > 1, with a `pool.WorkerPool`): each round asks the
+proposer for up to that many candidates (one that cannot give several gives one), screens them at
+once, each in its own scratch copy of the kernel file under the output folder (never in the tracked
+file), then applies the rule above to each in the order proposed. Every measurement that decides a
+keep (the incumbent's, the full gate, the re-screen) runs on the pool's slot 0, so they all come from
+one GPU. With one worker the loop runs exactly as described above.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -42,7 +50,10 @@ from autokernel_ci.errors import AutokernelError, GitError
 from autokernel_ci.search.proposer import Candidate, Experiment, Proposer
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from autokernel_ci.harness.sandbox import TimingPlan
+    from autokernel_ci.pool import WorkerPool
     from autokernel_ci.results import EvalResult, ShapeTiming
     from autokernel_ci.tasks import KernelTask
 
@@ -75,6 +86,8 @@ class LoopSettings:
     seed: int | None = None
     date: str | None = None  # YYYYMMDD for the branch name; default today
     base_result: EvalResult | None = None  # an evaluation (full gate, timed) of the file as it is, if already run
+    workers: int = 1  # candidates screened at once; above 1 the loop uses `pool` (or makes one for the device)
+    pool: WorkerPool | None = None  # where evaluations run; None: in a child of this process, one at a time
 
 
 @dataclass
@@ -528,6 +541,8 @@ class ExperimentLoop:
         self.start_commit = ""
         self.tried_sources: set[str] = set()
         self.timeout = settings.timeout
+        self.pool: WorkerPool | None = None
+        self.workers = 1
 
     # -- driver ----------------------------------------------------------------------------------
 
@@ -538,6 +553,7 @@ class ExperimentLoop:
         self.plan = self.settings.timing or timing_plan(self.task, self.device)
         self.screen_plan = replace(self.plan, baselines=())
         original_ref = self.ws.current_ref()
+        own_pool = self._open_pool()
         previous_handler = self._trap_sigterm()
         self._start_proposer()
         try:
@@ -551,6 +567,8 @@ class ExperimentLoop:
             self.interrupted = True
             self.stop_reason = "interrupted"
         finally:
+            if self.pool is not None and (own_pool or self.interrupted):
+                self.pool.close(cancel=self.interrupted)  # an interrupted run kills the workers in flight
             self._restore_kernel()
             self._finish_proposer()
             if previous_handler is not None:
@@ -562,6 +580,19 @@ class ExperimentLoop:
         self._write_best(head)
         self._progress("done", message=self.stop_reason)
         return self._result(head)
+
+    def _open_pool(self) -> bool:
+        """Use the settings' pool, or make one when `workers` > 1; True when the loop made it (and closes it)."""
+        from autokernel_ci.pool import WorkerPool
+
+        self.pool = self.settings.pool
+        wanted = max(1, self.settings.workers)
+        if self.pool is None and wanted > 1:
+            self.pool = WorkerPool.for_device(self.device, wanted)
+            self.workers = self.pool.size
+            return True
+        self.workers = min(wanted, self.pool.size) if self.pool is not None else 1
+        return False
 
     def _start_proposer(self) -> None:
         """A proposer with a `start_run(task, out_dir)` (the LLM's) keeps its audit trail in the output folder."""
@@ -718,6 +749,9 @@ class ExperimentLoop:
     # -- experiments -----------------------------------------------------------------------------
 
     def _experiments(self) -> None:
+        if self.workers > 1:
+            self._experiments_in_rounds()
+            return
         while True:
             reason = self._budget_spent()
             if reason:
@@ -727,14 +761,88 @@ class ExperimentLoop:
             candidate = self.proposer.propose(self.task, self.incumbent.source, self.incumbent.gate,
                                               list(self.history))
             if candidate is None:
-                self.stop_reason = f"the {self.proposer.name} has nothing left to try" + (
-                    f": {self.proposer.done_reason}" if self.proposer.done_reason else "")
+                self.stop_reason = self._nothing_left()
                 return
             if not candidate.proposer:
                 candidate.proposer = self.proposer.name
             self._record(self._experiment(self._next_n(), candidate))
 
-    def _experiment(self, n: int, candidate: Candidate) -> Experiment:
+    def _nothing_left(self) -> str:
+        return f"the {self.proposer.name} has nothing left to try" + (
+            f": {self.proposer.done_reason}" if self.proposer.done_reason else "")
+
+    def _experiments_in_rounds(self) -> None:
+        """Several workers: a round of candidates screened at once, then judged one by one, in order."""
+        while True:
+            reason = self._budget_spent()
+            if reason:
+                self.stop_reason = reason
+                return
+            done = sum(1 for r in self.history if r.is_experiment)
+            self._progress("propose", candidate=f"choosing up to {self.workers} candidates")
+            batch = self._propose_round(min(self.workers, self.settings.max_experiments - done))
+            if not batch:
+                self.stop_reason = self._nothing_left()
+                return
+            started = time.monotonic()
+            screens = self._screen_round(batch)
+            share = (time.monotonic() - started) / len(batch)  # the round's screening time, split between its rows
+            for n, candidate in batch:
+                self._record(self._experiment(n, candidate, screen=screens.get(n), screen_s=share))
+
+    def _propose_round(self, room: int) -> list[tuple[int, Candidate]]:
+        """Up to `room` candidates, each numbered. The proposer sees the ones already chosen as pending
+        rows of the history, so it proposes something else; one that repeats itself gives one a round."""
+        batch: list[tuple[int, Candidate]] = []
+        pending: list[Experiment] = []
+        first = self._next_n()
+        while len(batch) < room:
+            candidate = self.proposer.propose(self.task, self.incumbent.source, self.incumbent.gate,
+                                              list(self.history) + pending)
+            if candidate is None:
+                break
+            if not candidate.proposer:
+                candidate.proposer = self.proposer.name
+            sha = _sha(candidate.source)
+            if any(row.candidate_sha256 == sha for row in pending):
+                break
+            n = first + len(batch)
+            batch.append((n, candidate))
+            pending.append(Experiment(n=n, task=self.task.name, verdict="pending", description=candidate.description,
+                                      params=dict(candidate.params), proposer=candidate.proposer,
+                                      candidate_sha256=sha, branch=self.branch))
+        return batch
+
+    def _screen_round(self, batch: list[tuple[int, Candidate]]) -> dict[int, EvalResult | AutokernelError]:
+        """Screen the round's candidates at once, each in its own copy of the kernel file under the output
+        folder. Duplicates and invalid configs are left out: `_experiment` records why, as one at a time."""
+        scratch = self.out_dir / "scratch" / self.task.name
+        futures: dict[int, Future] = {}
+        for n, candidate in batch:
+            if _sha(candidate.source) in self.tried_sources or self._invalid(candidate):
+                continue
+            path = scratch / f"{n:04d}" / self.task.path.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(candidate.source, encoding="utf-8")
+            futures[n] = self.pool.submit(self.task, path, device=self.device, timeout=self.timeout,
+                                          seed=self.settings.seed, stages=self.settings.screen_stages,
+                                          timing=self.screen_plan)
+        self._progress("screen", candidate=f"{len(futures)} candidate(s) at once on {self.pool.size} worker(s)")
+        screens: dict[int, EvalResult | AutokernelError] = {}
+        try:
+            for n, future in futures.items():
+                try:
+                    screens[n] = future.result()
+                except AutokernelError as exc:  # the harness failed, not the candidate: an "error" row
+                    screens[n] = exc
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                scratch.parent.rmdir()  # gone once empty: nothing of the round is left behind
+        return screens
+
+    def _experiment(self, n: int, candidate: Candidate, screen: EvalResult | AutokernelError | None = None,
+                    screen_s: float = 0.0) -> Experiment:
         started, started_at = time.monotonic(), _now()
         sha = _sha(candidate.source)
         row = Experiment(n=n, task=self.task.name, verdict="error", description=candidate.description,
@@ -749,20 +857,26 @@ class ExperimentLoop:
         else:
             self.tried_sources.add(sha)
             try:
-                self._try(n, candidate, row)
+                self._try(n, candidate, row, screen)
             except AutokernelError as exc:
                 row.verdict, row.message = "error", f"the harness failed: {exc}"
             finally:
                 if not row.kept:
                     self._restore_kernel()
-        row.duration_s = round(time.monotonic() - started, 3)
+        row.duration_s = round(time.monotonic() - started + screen_s, 3)
         return row
 
-    def _try(self, n: int, candidate: Candidate, row: Experiment) -> None:
+    def _try(self, n: int, candidate: Candidate, row: Experiment,
+             screened: EvalResult | AutokernelError | None = None) -> None:
+        """Screen (unless a worker already did), gate what screened faster, keep what the gate confirms."""
         inc = self.incumbent
-        self._write_kernel(candidate.source)
-        self._progress("screen", candidate=candidate.description)
-        screen = self._evaluate(stages=self.settings.screen_stages, plan=self.screen_plan)
+        if isinstance(screened, AutokernelError):
+            raise screened
+        if screened is None:
+            self._write_kernel(candidate.source)
+            self._progress("screen", candidate=candidate.description)
+        screen = screened if screened is not None else \
+            self._evaluate(stages=self.settings.screen_stages, plan=self.screen_plan)
         results = {"screen": screen}
         self._describe(row, screen, "screen")
         if screen.passed:
@@ -777,6 +891,8 @@ class ExperimentLoop:
                 row.message = (f"{1 / cmp.ratio:.3f}× the incumbent's speed (lower bound {1 / cmp.hi:.3f}×); a gain "
                                f"must clear {cmp.threshold:.1%} noise")
             else:
+                if screened is not None:
+                    self._write_kernel(candidate.source)  # screened in a scratch copy: the gate runs the real file
                 self._progress("gate", candidate=candidate.description)
                 gate = self._evaluate(stages=None, plan=self.plan)
                 results["gate"] = gate
@@ -827,6 +943,9 @@ class ExperimentLoop:
     def _evaluate(self, stages: tuple[str, ...] | None, plan: TimingPlan) -> EvalResult:
         from autokernel_ci.harness.sandbox import evaluate
 
+        if self.pool is not None:  # slot 0: every measurement that decides a keep comes from one GPU
+            return self.pool.evaluate(self.task, self.task.path, slot=0, device=self.device, timeout=self.timeout,
+                                      seed=self.settings.seed, stages=stages, timing=plan)
         return evaluate(self.task, self.task.path, device=self.device, timeout=self.timeout, seed=self.settings.seed,
                         stages=stages, timing=plan)
 
