@@ -48,7 +48,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--open-pr", action="store_true",
                    help="afterwards, push each experiment branch with a kept commit and open or update its pull "
                         "request, as `autokernel-ci publish --results DIR` does (needs GITHUB_TOKEN)")
+    p.add_argument("--workers", type=_at_least_one, metavar="N",
+                   help="candidates evaluated at once, one worker per GPU (default: the number of visible GPUs; "
+                        "1 on the CPU)")
+    p.add_argument("--shard", type=int, metavar="I",
+                   help="with --shards N: optimize only shard I (0 … N-1) of the split `autokernel-ci plan` prints, "
+                        "and leave the kept commits in DIR/commits.bundle for `autokernel-ci merge`")
+    p.add_argument("--shards", type=_at_least_one, metavar="N",
+                   help="the number of shards of the matrix (with --shard)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="with --shard: the expected gains `autokernel-ci plan --weights` split by (the same file)")
     p.set_defaults(handler=run)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         return optimize_for_model(args, config_path, cfg.optimize, command)
     names = args.task or [k.name for k in cfg.kernels]
+    if args.shard is not None or args.shards is not None:
+        names = _shard_tasks(args, config_path)
+        if not names:
+            print(f"shard {args.shard} of {args.shards} has no task: there are fewer tasks than shards")
+            return 0
     if not names:
         raise AutokernelError(f"{config_path} names no kernels to optimize")
     tasks = [resolve_task(name, config_path) for name in names]
@@ -72,14 +97,47 @@ def run(args: argparse.Namespace) -> int:
         max_experiments=args.max_experiments or settings.max_experiments,
         patience=args.patience or settings.patience,
         proposer=args.proposer or settings.proposer,
-        device=args.device, timeout=args.timeout, resume=args.resume,
+        device=args.device, timeout=args.timeout, resume=args.resume, workers=args.workers,
     )
     results = optimize_tasks(tasks, settings, out=Path(args.out) if args.out else None, command=command, **options)
     if any(r.interrupted for r in results):
         return EXIT_INTERRUPTED
+    if args.shard is not None and results:
+        _leave_for_merge(results, args, names, tasks)
     if args.open_pr and results:
         open_pull_requests(results[0].out_dir, Path(results[0].repo), config_path)
     return EXIT_NO_BASELINE if any(r.best_result is None for r in results) else 0
+
+
+def _shard_tasks(args: argparse.Namespace, config_path: Path) -> list[str]:
+    """`--shard I --shards N`: the tasks of shard I, split as `autokernel-ci plan` splits them."""
+    from autokernel_ci.commands.plan import plan_shards
+
+    if args.shard is None or args.shards is None:
+        raise AutokernelError("--shard I and --shards N go together (shard I of the N that `autokernel-ci plan` made)")
+    if args.resume:
+        raise AutokernelError("a shard starts a fresh run; leave out --resume")
+    plan = plan_shards(args.shards, config=config_path, tasks=args.task,
+                       weights_file=Path(args.weights) if args.weights else None)
+    return plan.tasks_of(args.shard)
+
+
+def _leave_for_merge(results: list[LoopResult], args: argparse.Namespace, names: list[str], tasks: list) -> None:
+    """A shard's results folder also carries its kept commits (a git bundle) and which shard it was."""
+    import json
+
+    from autokernel_ci.commands.merge import SHARD_FILE, export_commits
+
+    out_dir = results[0].out_dir
+    bundle = export_commits(results, out_dir)
+    # The op families let the merge job classify the risk on a runner without torch.
+    families = {t.name: {"family": t.spec.family, "risk": t.risk} for t in tasks}
+    (out_dir / SHARD_FILE).write_text(json.dumps({"shard": args.shard, "shards": args.shards, "tasks": names,
+                                                  "start_commit": results[0].start_commit, "families": families},
+                                                 indent=1) + "\n")
+    if bundle is not None:
+        print(f"shard {args.shard} of {args.shards}: kept commits in {bundle}; upload {out_dir} for "
+              "`autokernel-ci merge`")
 
 
 def optimize_for_model(args: argparse.Namespace, config_path: Path, settings: Any, command: str) -> int:
@@ -89,6 +147,9 @@ def optimize_for_model(args: argparse.Namespace, config_path: Path, settings: An
 
     if args.task or args.resume:
         raise AutokernelError("--model chooses its own tasks and starts a fresh run; leave out --task and --resume")
+    if args.shard is not None or (args.workers or 1) > 1:
+        raise AutokernelError("--model runs its tasks one after another on one worker; leave out --shard and "
+                              "--workers, or name the tasks with --task")
     done = optimize_model(args.model, config_path, budget_minutes=args.budget_minutes or settings.budget_minutes,
                           out=Path(args.out) if args.out else None, proposer=args.proposer or settings.proposer,
                           device=args.device, timeout=args.timeout,
@@ -115,8 +176,11 @@ def open_pull_requests(out_dir: Path, repo: Path, config_path: Path) -> None:
 
 def optimize_tasks(tasks: list, optimize_settings: Any, *, out: Path | None, budget_minutes: float,
                    max_experiments: int, patience: int, proposer: str, device: str | None, timeout: float,
-                   resume: bool, command: str, console=None, base_results: dict | None = None) -> list[LoopResult]:
-    """Run the loop on each task in turn (sharing the time budget), then write the reports and print a summary."""
+                   resume: bool, command: str, console=None, base_results: dict | None = None,
+                   workers: int | None = None) -> list[LoopResult]:
+    """Run the loop on each task in turn (sharing the time budget), then write the reports and print a summary.
+
+    `workers`: candidates evaluated at once, one worker per GPU (None: every visible GPU; 1 on the CPU)."""
     from autokernel_ci.loop import DEFAULT_OUT, LoopSettings, Workspace, prepare_out_dir, run_loop, write_reports
     from autokernel_ci.report.terminal import make_console
     from autokernel_ci.search import make_proposer
@@ -132,22 +196,42 @@ def optimize_tasks(tasks: list, optimize_settings: Any, *, out: Path | None, bud
         console.print(f"[dim]moved the previous run's files in {out_dir} to {archived.name}/[/]")
     results: list[LoopResult] = []
     started = time.monotonic()
-    for i, task in enumerate(tasks):
-        chosen, note = make_proposer(proposer, optimize_settings)
-        if note:
-            console.print(f"[yellow]{note}[/]")
-        left = budget_minutes - (time.monotonic() - started) / 60
-        settings = LoopSettings(out_dir=out_dir, budget_minutes=max(left / (len(tasks) - i), 0.0),
-                                max_experiments=max_experiments, patience=patience, resume=resume, device=device,
-                                timeout=timeout, base_result=(base_results or {}).get(task.name))
-        with ProgressDisplay(console) as display:
-            result = run_loop(task, chosen, settings, on_progress=display)
-        results.append(result)
-        if result.interrupted:
-            break
+    pool = worker_pool(device, workers)
+    if pool is not None:
+        where = ", ".join(f"GPU {d}" if d != "cpu" else "CPU" for d in pool.devices)
+        console.print(f"[dim]{pool.size} worker(s): {where}[/]")
+    try:
+        for i, task in enumerate(tasks):
+            chosen, note = make_proposer(proposer, optimize_settings)
+            if note:
+                console.print(f"[yellow]{note}[/]")
+            left = budget_minutes - (time.monotonic() - started) / 60
+            settings = LoopSettings(out_dir=out_dir, budget_minutes=max(left / (len(tasks) - i), 0.0),
+                                    max_experiments=max_experiments, patience=patience, resume=resume, device=device,
+                                    timeout=timeout, base_result=(base_results or {}).get(task.name),
+                                    workers=pool.size if pool is not None else 1, pool=pool)
+            with ProgressDisplay(console) as display:
+                result = run_loop(task, chosen, settings, on_progress=display)
+            results.append(result)
+            if result.interrupted:
+                break
+    finally:
+        if pool is not None:
+            pool.close(cancel=any(r.interrupted for r in results))
     paths = write_reports(results, out_dir, command=command)
     print_summary(results, paths, console)
     return results
+
+
+def worker_pool(device: str | None, workers: int | None):
+    """The pool `--workers` asks for: one slot per visible GPU (all of them by default), CPU slots when
+    asked for more than one off-GPU, else None (evaluations run one at a time, as without a pool)."""
+    from autokernel_ci.harness.sandbox import resolve_device
+    from autokernel_ci.pool import WorkerPool, visible_gpus
+
+    if resolve_device(device) == "cpu":
+        return WorkerPool.cpu(workers) if workers and workers > 1 else None
+    return WorkerPool.for_device("cuda", workers or max(1, len(visible_gpus())))
 
 
 class ProgressDisplay:
