@@ -14,7 +14,7 @@ from pathlib import Path
 from autokernel_ci.errors import AutokernelError
 
 COMMANDS: tuple[str, ...] = ("eval", "bench", "calibrate", "gate", "optimize", "demo", "profile", "verify", "publish",
-                             "review_status", "plan", "merge")
+                             "review_status", "plan", "merge", "init")
 
 EXIT_NOT_PASSED = 1
 
