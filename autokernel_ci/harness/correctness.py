@@ -205,10 +205,7 @@ def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, re
     if report.get("inputs_changed"):
         evidence.message = f"modified its inputs (argument {', '.join(map(str, report['inputs_changed']))})"
         return evidence
-    from autokernel_ci.tasks import task_inputs_from_wire
-
-    make_inputs = spec.make_inputs if task.kind != "kernelbench" else task_inputs_from_wire(task.to_wire())[0]
-    args = make_case_inputs(make_inputs, case, device)
+    args = make_case_inputs(spec.make_inputs, case, device)
     refs = reference_outputs(task, case, args)
     out_dtype = expected_dtype(spec, args)
     if outputs is None or len(outputs) != len(refs):

@@ -413,10 +413,7 @@ def _dynamic_findings(task, data: dict[str, Any], anticheat, cases, device: str)
 
 def _reference_ops(task, case, device: str, anticheat) -> set[str]:
     from autokernel_ci.harness.correctness import make_case_inputs
-    from autokernel_ci.tasks import task_inputs_from_wire
-
-    make_inputs = task_inputs_from_wire(task.to_wire())[0]
-    args = make_case_inputs(make_inputs, case, device)
+    args = make_case_inputs(task.spec.make_inputs, case, device)
     recorder = anticheat.OpRecorder()
     with recorder:
         task.spec.reference(*args, seed=case.seed)
