@@ -17,6 +17,10 @@
 4. On the CPU there is no performance verdict: the Triton interpreter's timings say nothing about
    GPU speed. The head is still gated on correctness, the base is still run once (so a base that
    crashes is reported), and every verdict says the timing was not measured.
+5. With several workers (`workers`, default: one per visible GPU) the tasks are gated side by side,
+   each task wholly on one GPU (its correctness run and every A/B process get `CUDA_VISIBLE_DEVICES`
+   of that GPU alone), so base and head of a task are always timed on the same card. The verdicts
+   come back in the config's order whatever finishes first.
 
 Verdicts: pass, regression, improvement, fail (the head is not correct), new, removed,
 inconclusive (the interval stayed too wide until the time cap, or a regression did not reproduce),
@@ -145,6 +149,7 @@ class TaskVerdict:
     base_status: str | None = None  # "ok", "crashed" or "missing"
     base_message: str = ""
     head_result: dict[str, Any] | None = None  # the head's whole EvalResult: stages, seeds, errors
+    gpu: str | None = None  # the GPU this task was gated on (its CUDA_VISIBLE_DEVICES id), with several workers
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -175,6 +180,7 @@ class GateReport:
     started_at: str = ""
     environment: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    workers: int = 1  # tasks gated at once (one per GPU)
 
     @property
     def passed(self) -> bool:
@@ -407,8 +413,9 @@ class ABWorker:
     """
 
     def __init__(self, task: KernelTask, base_path: Path, head_path: Path, device: str, settings: ABSettings,
-                 work_dir: Path | None = None) -> None:
+                 work_dir: Path | None = None, env_overrides: dict[str, str] | None = None) -> None:
         self.task, self.device, self.settings, self.work_dir = task, device, settings, work_dir
+        self.env_overrides = dict(env_overrides or {})  # a pool's slot: its GPU alone
         self.paths = {"base": Path(base_path).resolve(), "head": Path(head_path).resolve()}
         self.plan = ab_plan(task, device, settings)
         self.processes = 0
@@ -427,7 +434,9 @@ class ABWorker:
         timeout = self.settings.worker_timeout_s
         self.processes += 1
         with tempfile.TemporaryDirectory(prefix="autokernel-ab-", dir=self.work_dir) as tmp:
-            run = run_worker(request, Path(tmp), timeout, child_environment(device=self.device))
+            env = child_environment({**os.environ, **self.env_overrides} if self.env_overrides else None,
+                                    device=self.device)
+            run = run_worker(request, Path(tmp), timeout, env)
             step = _last_line(Path(tmp) / "progress.log")
         side = _side_of(step)
         if run.timed_out:
@@ -706,11 +715,12 @@ def run_gate(repo: str | Path, base: str, head: str = "HEAD", *, threshold: floa
              config: str | Path | None = None, stages: tuple[str, ...] | None = None,
              settings: ABSettings | None = None, work_dir: Path | None = None,
              on_event: Callable[[str], None] | None = None,
-             clock: Callable[[], float] = time.monotonic) -> GateReport:
+             clock: Callable[[], float] = time.monotonic, workers: int | None = None) -> GateReport:
     """Gate `head` against `base` in the git repository at `repo`; see the module docstring.
 
     `threshold`, `all_tasks` and `time_cap_s` default to the head's config (`gate:` section). `stages`
-    narrows the correctness gate (tests only; the gate's default is every stage). Raises GitError
+    narrows the correctness gate (tests only; the gate's default is every stage). `workers`: tasks gated
+    at once, one per GPU (None: every visible GPU; 1 on the CPU). Raises GitError
     for an unknown revision and ConfigError for an invalid head config; a problem with one task
     becomes that task's verdict instead.
     """
@@ -728,7 +738,8 @@ def run_gate(repo: str | Path, base: str, head: str = "HEAD", *, threshold: floa
         report = gate_trees(trees["base"], trees["head"], config_rel, changed=changed_files(root, base_sha, head_sha),
                             base=base, base_sha=base_sha, head=head, head_sha=head_sha, threshold=threshold,
                             all_tasks=all_tasks, device=device, time_cap_s=time_cap_s, stages=stages,
-                            settings=settings, work_dir=work_dir, on_event=on_event, clock=clock, started=started)
+                            settings=settings, work_dir=work_dir, on_event=on_event, clock=clock, started=started,
+                            workers=workers)
     report.duration_s = round(clock() - started, 2)
     return report
 
@@ -739,7 +750,7 @@ def gate_trees(base_root: Path, head_root: Path, config_rel: str | Path = ".auto
                device: str | None = None, time_cap_s: float | None = None, stages: tuple[str, ...] | None = None,
                settings: ABSettings | None = None, work_dir: Path | None = None,
                on_event: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
-               started: float | None = None) -> GateReport:
+               started: float | None = None, workers: int | None = None) -> GateReport:
     """The gate on two checked-out trees (what `run_gate` does once its worktrees exist).
 
     `changed` holds the repository-relative paths that differ between the trees (`git diff`); None
@@ -773,19 +784,72 @@ def gate_trees(base_root: Path, head_root: Path, config_rel: str | Path = ".auto
     if not measured:
         report.notes.append("timings not measured: no GPU on this machine. Kernels ran under the Triton "
                             "interpreter for correctness only; no performance verdict was given.")
+    slots = gate_slots(device, workers)
     gate = _TaskGate(head_cfg, device, measured, threshold, settings, stages, work_dir, started + time_cap_s,
                      clock, say)
+    todo = []
     for plan in plans:
-        if not (plan.changed or all_tasks):
+        if plan.changed or all_tasks:
+            todo.append(plan)
+        else:
             report.unchanged.append(plan.name)
-            continue
-        say(f"{plan.name}: " + {"new": "new in head", "removed": "removed in head"}.get(plan.status, "gating"))
-        verdict = gate.verdict(plan)
+    report.workers = min(len(slots), max(len(todo), 1))
+
+    def gate_one(plan: TaskPlan, slot: dict[str, str]) -> TaskVerdict:
+        where = f" on GPU {slot['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in slot else ""
+        say(f"{plan.name}: " + {"new": "new in head", "removed": "removed in head"}.get(plan.status, "gating")
+            + where)
+        verdict = replace(gate.verdict(plan, slot), gpu=slot.get("CUDA_VISIBLE_DEVICES"))
         say(f"{plan.name}: {verdict.verdict}: {verdict.reason}")
-        report.verdicts.append(verdict)
+        return verdict
+
+    report.verdicts = run_on_slots(todo, slots[:report.workers], gate_one)
     report.exit_code = exit_code_for(report.verdicts)
     report.duration_s = round(clock() - started, 2)
     return report
+
+
+def gate_slots(device: str, workers: int | None) -> list[dict[str, str]]:
+    """What each of the gate's workers adds to its processes' environment: on a GPU machine one slot per
+    GPU (`workers` of them; None: every visible GPU), pinned with CUDA_VISIBLE_DEVICES when there are
+    several; on the CPU `workers` unpinned slots (default 1)."""
+    from autokernel_ci.pool import visible_gpus
+
+    if workers is not None and workers < 1:
+        raise AutokernelError(f"the gate needs at least one worker, got {workers}")
+    if device == "cpu":
+        return [{} for _ in range(workers or 1)]
+    gpus = visible_gpus()
+    if workers is not None and workers > max(len(gpus), 1):
+        raise AutokernelError(f"--workers {workers} asks for more workers than the {len(gpus)} visible GPU(s) "
+                              f"({', '.join(gpus) or 'none'}); one worker per GPU")
+    chosen = gpus[:workers or len(gpus)] or [""]
+    return [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in chosen] if len(chosen) > 1 else [{}]
+
+
+def run_on_slots(items: Sequence[Any], slots: Sequence[dict[str, str]],
+                 work: Callable[[Any, dict[str, str]], Any]) -> list[Any]:
+    """`work(item, slot)` for every item, as many at once as there are slots, each slot used by one item
+    at a time; the results in the items' order. One slot: in this thread, one after another."""
+    if len(slots) <= 1 or len(items) <= 1:
+        slot = slots[0] if slots else {}
+        return [work(item, slot) for item in items]
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    free: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
+    for slot in slots:
+        free.put(slot)
+
+    def on_a_free_slot(item: Any) -> Any:
+        slot = free.get()
+        try:
+            return work(item, slot)
+        finally:
+            free.put(slot)
+
+    with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="autokernel-gate") as pool:
+        return list(pool.map(on_a_free_slot, items))
 
 
 def _changed_by_content(base_root: Path, head_root: Path, config_rel: Path, head_cfg: Config,
@@ -835,26 +899,28 @@ class _TaskGate:
     clock: Callable[[], float]
     say: Callable[[str], None]
 
-    def verdict(self, plan: TaskPlan) -> TaskVerdict:
+    def verdict(self, plan: TaskPlan, env: dict[str, str] | None = None) -> TaskVerdict:
+        """The task's verdict; `env` is what its processes add to their environment (a slot's GPU)."""
         blank = TaskVerdict(task=plan.name, verdict="error", reason="", path=plan.path, changed=plan.changed,
                             threshold=self.threshold)
         if plan.status == "removed":
             return replace(blank, verdict="removed",
                            reason=f"removed from the config in head; {plan.note}: no longer gated")
         try:
-            return self._gate(plan, blank)
+            return self._gate(plan, blank, dict(env or {}))
         except AutokernelError as exc:
             return replace(blank, reason=f"could not be checked: {exc}")
         except Exception as exc:  # noqa: BLE001 - one task's surprise must not hide the other verdicts
             return replace(blank, reason=f"could not be checked: internal error {type(exc).__name__}: {exc}")
 
-    def _gate(self, plan: TaskPlan, blank: TaskVerdict) -> TaskVerdict:
+    def _gate(self, plan: TaskPlan, blank: TaskVerdict, env: dict[str, str]) -> TaskVerdict:
         from autokernel_ci.harness.sandbox import evaluate
         from autokernel_ci.tasks import config_task
 
         task = config_task(plan.head_entry, self.head_cfg)
         self.say(f"{plan.name}: correctness of head ({plan.path})")
-        result = evaluate(task, plan.head_path, device=self.device, stages=self.stages, work_dir=self.work_dir)
+        result = evaluate(task, plan.head_path, device=self.device, stages=self.stages, work_dir=self.work_dir,
+                          env_overrides=env or None)
         verdict = replace(blank, head_status=result.status.value, head_message=result.message,
                           head_result=result.to_dict())
         if not result.passed:
@@ -864,7 +930,7 @@ class _TaskGate:
             return replace(verdict, verdict="new", base_status="missing",
                            reason=f"new in head; passed correctness ({result.message}); nothing to time against")
         not_timed = "" if self.measured else f"; timing {NOT_MEASURED}"
-        worker = ABWorker(task, plan.base_path, plan.head_path, self.device, self.settings, self.work_dir)
+        worker = ABWorker(task, plan.base_path, plan.head_path, self.device, self.settings, self.work_dir, env)
         try:
             if not self.measured:
                 for record in worker.run(range(len(worker.plan.shapes)), []):  # each runs once: a crash?

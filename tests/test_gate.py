@@ -13,6 +13,7 @@ import pytest
 
 from autokernel_ci import gate
 from autokernel_ci.cli import main
+from autokernel_ci.config import load_config
 from autokernel_ci.gate import ABSettings, GateReport, TaskVerdict, compare, exit_code_for, run_gate
 from autokernel_ci.report.gate_md import render_markdown
 
@@ -335,3 +336,91 @@ def test_timed_path_catches_and_confirms_a_slowdown_end_to_end(tmp_path: Path, m
     assert list((tmp_path / "cache" / "noise").glob("*.json"))
     md = render_markdown(report)
     assert "**regression**" in md and "Timings were not measured" not in md
+
+
+# --- several workers: tasks gated side by side, each on its own GPU -------------------------------
+
+
+def test_two_workers_gate_both_tasks_at_once_with_the_same_verdicts_in_config_order(repo: Path):
+    commit(repo, {"kernels/norm2.py": HALF_ROWS, "kernels/rmsnorm.py": RIGHT_RMSNORM + "# touched\n"},
+           "break norm2, touch rmsnorm")
+    events: list[str] = []
+    one = run_gate(repo, "base", "HEAD", device="cpu", stages=SMOKE)
+    two = run_gate(repo, "base", "HEAD", device="cpu", stages=SMOKE, workers=2, on_event=events.append)
+    assert [(v.task, v.verdict) for v in two.verdicts] == [(v.task, v.verdict) for v in one.verdicts] \
+        == [("rmsnorm", "pass"), ("norm2", "fail")]
+    assert (one.workers, two.workers) == (1, 2) and two.exit_code == one.exit_code == 1
+    # Both tasks started before either had a verdict: they were in flight together.
+    started = [i for i, e in enumerate(events) if e.endswith(": gating")]
+    decided = [i for i, e in enumerate(events) if ": pass:" in e or ": fail:" in e]
+    assert len(started) == 2 and max(started) < min(decided), events
+    assert worktree_count(repo) == 1
+
+
+def test_gate_slots_pin_one_gpu_each_and_refuse_more_workers_than_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert gate.gate_slots("cuda", None) == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+    assert gate.gate_slots("cuda", 1) == [{}]  # one GPU: nothing to pin, as without a pool
+    with pytest.raises(gate.AutokernelError, match="more workers than the 2 visible GPU"):
+        gate.gate_slots("cuda", 3)
+    assert gate.gate_slots("cpu", None) == [{}] and gate.gate_slots("cpu", 2) == [{}, {}]
+
+
+def test_run_on_slots_never_gives_one_slot_two_items_at_once_and_keeps_the_order():
+    import threading
+    import time
+
+    busy: dict[str, int] = {}
+    lock = threading.Lock()
+    clashes = []
+
+    def work(item: int, slot: dict[str, str]) -> tuple[int, str]:
+        gpu = slot["CUDA_VISIBLE_DEVICES"]
+        with lock:
+            busy[gpu] = busy.get(gpu, 0) + 1
+            if busy[gpu] > 1:
+                clashes.append((item, gpu))
+        time.sleep(0.02 * (item % 3))
+        with lock:
+            busy[gpu] -= 1
+        return item, gpu
+
+    slots = [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    results = gate.run_on_slots(list(range(12)), slots, work)
+    assert [item for item, _ in results] == list(range(12)) and not clashes
+    assert {gpu for _, gpu in results} == {"0", "1"}
+
+
+def test_every_process_of_a_task_gets_its_slots_gpu(repo: Path, monkeypatch):
+    from autokernel_ci.harness import sandbox
+
+    commit(repo, {"kernels/norm2.py": RIGHT_RMSNORM + "# touched\n", "kernels/rmsnorm.py": RIGHT_RMSNORM + "#\n"},
+           "touch both")
+    seen: list[tuple[str, str | None]] = []
+    real = sandbox.run_worker
+
+    def recording(request, out_dir, timeout, env, *args, **kwargs):
+        seen.append((request.get("mode", "eval"), env.get("CUDA_VISIBLE_DEVICES")))
+        assert "GITHUB_TOKEN" not in env
+        return real(request, out_dir, timeout, env, *args, **kwargs)
+
+    monkeypatch.setattr(sandbox, "run_worker", recording)
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs_not_for_candidates")
+    plans = [p for p in gate.plan_tasks(*_trees_and_configs(repo)) if p.name == "rmsnorm"]
+    task_gate = gate._TaskGate(load_config(repo / ".autokernel.yml"), "cpu", False, 0.03, ABSettings(),
+                               SMOKE, None, float("inf"), lambda: 0.0, lambda message: None)
+    verdict = task_gate.verdict(plans[0], {"CUDA_VISIBLE_DEVICES": "7"})
+    assert verdict.verdict == "pass"
+    assert [mode for mode, _ in seen] == ["eval", "ab"] and {gpu for _, gpu in seen} == {"7"}
+
+
+def _trees_and_configs(repo: Path):
+    cfg = load_config(repo / ".autokernel.yml")
+    return cfg, cfg, repo, repo, Path(".autokernel.yml"), {"kernels/rmsnorm.py", "kernels/norm2.py"}
+
+
+def test_cli_refuses_zero_workers_in_one_line(repo: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gate", "--repo", str(repo), "--base", "base", "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert "expected at least 1" in capsys.readouterr().err

@@ -46,3 +46,21 @@ def test_faster_than_the_roofline_is_rejected_not_recorded(tmp_path: Path) -> No
     result = evaluate(task, CHEATS / "replay_after_warmup.py", device="cuda", timing=TimingPlan.for_task(task, "cuda"))
     assert result.status is Status.REJECTED, result.message
     assert "timing.impossible" in {f.rule for f in result.findings}
+
+
+def test_each_pool_slot_evaluates_on_its_own_card(tmp_path: Path) -> None:
+    """Every visible GPU gets a slot; the worker of each reports the UUID of the card it ran on, and no
+    two slots share one (on a one-GPU machine: the slot's worker reports that GPU)."""
+    from autokernel_ci.pool import WorkerPool, visible_gpus
+
+    path = tmp_path / "rmsnorm.py"
+    path.write_text(starter_source("rmsnorm"))
+    task = builtin_task("rmsnorm")
+    gpus = visible_gpus()
+    with WorkerPool(gpus) as pool:
+        results = [pool.evaluate(task, path, slot=slot, device="cuda", stages=("smoke",))
+                   for slot in range(pool.size)]
+    assert all(r.status is Status.PASS for r in results), [r.message for r in results]
+    assert [r.environment.get("gpu_visible") for r in results] == gpus
+    uuids = [r.environment.get("gpu_uuid") for r in results]
+    assert all(uuids) and len(set(uuids)) == len(gpus), uuids

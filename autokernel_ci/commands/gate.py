@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from autokernel_ci.commands import positive_float, write_text
+from autokernel_ci.commands import at_least_one, positive_float, write_text
 from autokernel_ci.errors import AutokernelError
 
 
@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-cap-minutes", type=positive_float, default=None, metavar="MINUTES",
                    help="stop adding timing rounds after this long; undecided tasks are inconclusive "
                         "(default: gate.max_minutes of the head's config, else 10)")
+    p.add_argument("--workers", type=at_least_one, default=None, metavar="N",
+                   help="tasks gated at once, each wholly on one GPU (default: every visible GPU; 1 on the CPU)")
     p.add_argument("--json", metavar="OUT", help="write the gate report (every verdict and sample) as JSON here")
     p.add_argument("--markdown", metavar="OUT", help="write the Markdown table here (e.g. $GITHUB_STEP_SUMMARY)")
     p.add_argument("--github", action="store_true",
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         report = run_gate(args.repo, args.base, args.head, threshold=args.threshold, all_tasks=args.all_tasks,
                           device=args.device, config=args.config,
                           time_cap_s=args.time_cap_minutes * 60.0 if args.time_cap_minutes else None,
-                          on_event=_progress)
+                          on_event=_progress, workers=args.workers)
     except AutokernelError as exc:
         _explain_failure(args, exc)
         raise

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autokernel_ci.commands import positive_float
+from autokernel_ci.commands import at_least_one, positive_float
 from autokernel_ci.errors import AutokernelError
 
 if TYPE_CHECKING:
@@ -48,27 +48,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--open-pr", action="store_true",
                    help="afterwards, push each experiment branch with a kept commit and open or update its pull "
                         "request, as `autokernel-ci publish --results DIR` does (needs GITHUB_TOKEN)")
-    p.add_argument("--workers", type=_at_least_one, metavar="N",
+    p.add_argument("--workers", type=at_least_one, metavar="N",
                    help="candidates evaluated at once, one worker per GPU (default: the number of visible GPUs; "
                         "1 on the CPU)")
     p.add_argument("--shard", type=int, metavar="I",
                    help="with --shards N: optimize only shard I (0 … N-1) of the split `autokernel-ci plan` prints, "
                         "and leave the kept commits in DIR/commits.bundle for `autokernel-ci merge`")
-    p.add_argument("--shards", type=_at_least_one, metavar="N",
+    p.add_argument("--shards", type=at_least_one, metavar="N",
                    help="the number of shards of the matrix (with --shard)")
     p.add_argument("--weights", metavar="FILE",
                    help="with --shard: the expected gains `autokernel-ci plan --weights` split by (the same file)")
     p.set_defaults(handler=run)
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -256,12 +256,15 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
         problem = validate_worker_result(data, len(cases))
         if problem:
             return _finish(result, Status.CRASH, problem, started)
+        gpu = data.get("gpu")
+        if isinstance(gpu, dict):  # informational: which card the worker saw (a pool pins one per worker)
+            result.environment.update({f"gpu_{k}": str(gpu[k])[:80] for k in ("uuid", "visible") if k in gpu})
         dynamic = _dynamic_findings(task, data, anticheat, cases, device)
         if dynamic:
             return _finish(result, Status.REJECTED, _findings_message(dynamic), started, findings=dynamic)
         result = _judge(task, cases, data, Path(tmp), device, plan_notes, result, started)
     if result.status is Status.PASS and timing is not None:
-        result = _attach_timings(task, data, timing, device, result, work_dir)
+        result = _attach_timings(task, data, timing, device, result, work_dir, env_overrides)
         suspicious = timing_findings(result)
         if suspicious:
             return _finish(result, Status.REJECTED, _findings_message(suspicious), started, findings=suspicious)
@@ -270,12 +273,12 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
 
 
 def _attach_timings(task: KernelTask, data: dict[str, Any], plan: TimingPlan, device: str, result: EvalResult,
-                    work_dir: Path | None) -> EvalResult:
+                    work_dir: Path | None, env_overrides: Mapping[str, str] | None = None) -> EvalResult:
     """ShapeTimings with bytes, flops and % of roofline, and the baselines measured in a clean process."""
     from autokernel_ci.harness.device import get_ceilings
 
     ceilings = get_ceilings() if device == "cuda" else None
-    baselines = measure_baselines(task, plan, device, work_dir) if plan.baselines else {}
+    baselines = measure_baselines(task, plan, device, work_dir, env_overrides) if plan.baselines else {}
     result.representative_timing = device == "cuda"
     for raw in data.get("timings", []):
         timing = _shape_timing(task, raw, ceilings)
@@ -330,10 +333,11 @@ def timing_findings(result: EvalResult) -> list[Finding]:
     return findings
 
 
-def measure_baselines(task: KernelTask, plan: TimingPlan, device: str,
-                      work_dir: Path | None = None) -> dict[tuple[str, str], float]:
+def measure_baselines(task: KernelTask, plan: TimingPlan, device: str, work_dir: Path | None = None,
+                      env_overrides: Mapping[str, str] | None = None) -> dict[tuple[str, str], float]:
     """{(shape key, baseline name): median µs}, timed in a worker with no candidate; cached per device,
-    torch version, task and shape, since none of those changes between experiments."""
+    torch version, task and shape, since none of those changes between experiments. `env_overrides`:
+    as for `evaluate` (a pool's worker times the baselines on its own GPU)."""
     import torch
 
     from autokernel_ci.harness.device import cache_root
@@ -349,7 +353,8 @@ def measure_baselines(task: KernelTask, plan: TimingPlan, device: str,
             pass
     request = {"task": task.to_wire(), "candidate": None, "device": device, "cases": [], "timing": plan.to_wire()}
     with tempfile.TemporaryDirectory(prefix="autokernel-baselines-", dir=work_dir) as tmp:
-        run = run_worker(request, Path(tmp), DEFAULT_TIMEOUT_S, child_environment(device=device))
+        env = child_environment({**os.environ, **env_overrides} if env_overrides else None, device=device)
+        run = run_worker(request, Path(tmp), DEFAULT_TIMEOUT_S, env)
     rows = []
     for raw in (run.result or {}).get("baselines", []):
         if isinstance(raw, dict) and isinstance(raw.get("median_us"), (int, float)):

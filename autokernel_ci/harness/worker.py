@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
     if request.get("mode") == "ab":
         return _run_ab(ctx, request)
     result: dict[str, Any] = {"protocol": PROTOCOL, "cases": [], "module_state": [], "import_error": None,
-                              "timings": [], "baselines": []}
+                              "timings": [], "baselines": [], "gpu": _gpu_identity(torch, ctx.device)}
     if request.get("candidate") is None:
         result["baselines"] = _time_baselines(ctx, request.get("timing") or {})
         _write_result(out_dir, result)
@@ -90,6 +90,15 @@ def main(argv: list[str]) -> int:
     result["module_state"] += _state_changes(anticheat, state_before)
     _write_result(out_dir, result)
     return 0
+
+
+def _gpu_identity(torch: Any, device: str) -> dict[str, str] | None:
+    """Which physical GPU this worker got (its UUID) and what CUDA_VISIBLE_DEVICES said: how a pool's
+    caller can check that every worker ran on its own card."""
+    if device != "cuda":
+        return None
+    return {"uuid": str(torch.cuda.get_device_properties(0).uuid),
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
 def _import_candidate(path: Path, entry_name: str, name: str = "autokernel_candidate"):
