@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-trials", type=int, default=400, help="at most this many decisions per size and kernel")
     parser.add_argument("--threshold", type=float, default=0.03)
     parser.add_argument("--skip-gate-runs", action="store_true", help="only the injected-slowdown trials")
+    parser.add_argument("--skip-trials", action="store_true", help="only the full gate runs")
+    parser.add_argument("--gate-workers", default="1", metavar="N[,N…]",
+                        help="the gate runs with each of these worker counts (one GPU per worker), each cold "
+                             "then warm; e.g. 1,2 on a two-GPU machine (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, two tasks, few trials (CPU logic check)")
     parser.add_argument("--json", type=Path, help="write everything here (default: $OUT/gate_detection.json)")
     args = parser.parse_args(argv)
@@ -115,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_gate_runs:
         report["gate_runs"] = _gate_runs(device, args, warm_by=started + args.budget_s / 2)
     try:
+        if args.skip_trials:
+            raise _Skipped
         report["detection"] = _detection(device, args, deadline)
+    except _Skipped:
+        report["detection"] = {"kernels": [], "skipped": True}
     except Exception as exc:  # noqa: BLE001 - keep the gate runs' numbers and say what broke
         import traceback
 
@@ -129,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(report, indent=1, default=str) + "\n")
         print(f"wrote {out}")
     return 0
+
+
+class _Skipped(Exception):
+    """--skip-trials: no injected-slowdown trials this time."""
 
 
 def _settings():
@@ -190,53 +202,65 @@ def _gate_runs(device: str, args: argparse.Namespace, warm_by: float) -> list[di
             _git(repo, "commit", "-q", "-am", "head: a comment in every kernel")
         else:
             print("git is not installed here: gate_trees on two plain folders (no worktree checkout)\n")
-        cache = Path(tmp) / "cache"
-        previous = os.environ.get("AUTOKERNEL_CACHE_DIR")
-        os.environ["AUTOKERNEL_CACHE_DIR"] = str(cache)  # an empty noise cache: the first run measures it
-        try:
-            for label in ("cold (noise measured)", "warm (noise cached)"):
-                if runs and time.monotonic() > warm_by:
-                    print(f"gate run, {label}: skipped, the cold run took too much of the budget\n")
-                    break
-                print(f"gate run, {len(tasks)} tasks, {label}:")
-                runs.append(_one_gate_run(label, trees, use_git, device, stages, tasks))
-        except Exception as exc:  # noqa: BLE001 - the trials below still have something to say
-            print(f"gate run failed: {type(exc).__name__}: {exc}\n")
-            runs.append({"label": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_s": None,
-                         "verdicts": []})
-        finally:
-            if previous is None:
-                os.environ.pop("AUTOKERNEL_CACHE_DIR", None)
-            else:
-                os.environ["AUTOKERNEL_CACHE_DIR"] = previous
+        previous = {name: os.environ.get(name) for name in ("AUTOKERNEL_CACHE_DIR", "TRITON_CACHE_DIR")}
+        calibration = Path(previous["AUTOKERNEL_CACHE_DIR"] or "") / "device"
+        for workers in [int(w) for w in str(args.gate_workers).split(",") if w.strip()]:
+            # Each worker count starts from an empty noise cache and an empty Triton cache (its cold run
+            # measures the noise and compiles every kernel); the device calibration is carried over.
+            cache = Path(tmp) / f"cache-{workers}"
+            if calibration.is_dir():
+                shutil.copytree(calibration, cache / "device")
+            os.environ["AUTOKERNEL_CACHE_DIR"] = str(cache)
+            os.environ["TRITON_CACHE_DIR"] = str(Path(tmp) / f"triton-{workers}")
+            try:
+                for label in ("cold (noise measured)", "warm (noise cached)"):
+                    if runs and label.startswith("warm") and time.monotonic() > warm_by:
+                        print(f"gate run, {label}: skipped, the cold run took too much of the budget\n")
+                        break
+                    print(f"gate run, {len(tasks)} tasks, {workers} worker(s), {label}:")
+                    runs.append(_one_gate_run(label, trees, use_git, device, stages, tasks, workers))
+            except Exception as exc:  # noqa: BLE001 - the trials below still have something to say
+                print(f"gate run failed: {type(exc).__name__}: {exc}\n")
+                runs.append({"label": "failed", "workers": workers, "error": f"{type(exc).__name__}: {exc}",
+                             "wall_s": None, "verdicts": []})
+            finally:
+                for name, value in previous.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
     return runs
 
 
-def _one_gate_run(label: str, trees: dict[str, Path], use_git: bool, device: str, stages, tasks) -> dict[str, Any]:
+def _one_gate_run(label: str, trees: dict[str, Path], use_git: bool, device: str, stages, tasks,
+                  workers: int = 1) -> dict[str, Any]:
     from autokernel_ci.gate import gate_trees, run_gate
 
     events: list[tuple[float, str]] = []
     t0 = time.monotonic()
     on_event = lambda m: events.append((time.monotonic() - t0, m))  # noqa: E731
     if use_git:
-        gate_report = run_gate(trees["base"], "HEAD~1", "HEAD", device=device, stages=stages, on_event=on_event)
+        gate_report = run_gate(trees["base"], "HEAD~1", "HEAD", device=device, stages=stages, on_event=on_event,
+                               workers=workers)
     else:
-        gate_report = gate_trees(trees["base"], trees["head"], device=device, stages=stages, on_event=on_event)
+        gate_report = gate_trees(trees["base"], trees["head"], device=device, stages=stages, on_event=on_event,
+                                 workers=workers)
     wall = time.monotonic() - t0
     per_task = _per_task_seconds(events, tasks)
     for v in gate_report.verdicts:
         ratio = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.2f} %"
         noise = "-" if v.noise is None else f"{v.noise:.2%}"
         print(f"  {v.task:<14} {v.verdict:<13} {ratio:>9}  noise {noise:>7}  rounds {v.rounds:>3}  "
-              f"{per_task.get(v.task, float('nan')):6.1f} s")
+              f"{per_task.get(v.task, float('nan')):6.1f} s" + (f"  GPU {v.gpu}" if v.gpu is not None else ""))
         if v.verdict not in ("pass", "improvement"):
             print(f"    {' '.join(v.reason.split())[:300]}")
     print(f"  exit code {gate_report.exit_code}; wall {wall:.1f} s "
           f"({'under' if wall < 120 else 'OVER'} the 2-minute target)\n")
-    return {"label": label, "wall_s": round(wall, 2), "exit_code": gate_report.exit_code, "git": use_git,
+    return {"label": label, "workers": gate_report.workers, "wall_s": round(wall, 2),
+            "exit_code": gate_report.exit_code, "git": use_git,
             "per_task_s": per_task, "counts": gate_report.counts(),
-            "verdicts": [{"task": v.task, "verdict": v.verdict, "ratio": v.ratio, "ci_lo": v.ci_lo, "ci_hi": v.ci_hi,
-                          "noise": v.noise, "rounds": v.rounds, "reason": v.reason,
+            "verdicts": [{"task": v.task, "gpu": v.gpu, "verdict": v.verdict, "ratio": v.ratio, "ci_lo": v.ci_lo,
+                          "ci_hi": v.ci_hi, "noise": v.noise, "rounds": v.rounds, "reason": v.reason,
                           "shapes": [{"shape": sc.shape, "base_median_us": sc.base_median_us,
                                       "head_median_us": sc.head_median_us, "noise_source": sc.noise_source,
                                       "aa_ratios": sc.aa_ratios, "rounds": sc.rounds} for sc in v.shapes]}
@@ -248,7 +272,7 @@ def _per_task_seconds(events: list[tuple[float, str]], tasks: tuple[str, ...]) -
     out = {}
     for t, message in events:
         name, _, what = message.partition(": ")
-        if name in tasks and what == "gating":
+        if name in tasks and what.startswith("gating"):  # "gating on GPU 1" with several workers
             starts[name] = t
         elif name in starts and name not in out and what.split(":")[0] in (
                 "pass", "regression", "improvement", "fail", "new", "removed", "inconclusive", "error"):
@@ -457,7 +481,21 @@ def _print_summary(report: dict[str, Any], device: str) -> None:
     print("\n== results" + ("" if device == "cuda" else " (CPU interpreter: NOT representative)") + " ==")
     runs = [r for r in report.get("gate_runs", []) if r.get("wall_s") is not None]
     for run in runs:
-        print(f"gate run, {run['label']}: {run['wall_s']:.1f} s wall, exit {run['exit_code']}, {run['counts']}")
+        print(f"gate run, {run.get('workers', 1)} worker(s), {run['label']}: {run['wall_s']:.1f} s wall, "
+              f"exit {run['exit_code']}, {run['counts']}")
+    if report["detection"].get("skipped"):
+        print("injected-slowdown trials: skipped (--skip-trials)")
+    else:
+        _print_detection(report)
+    for workers in sorted({r.get("workers", 1) for r in runs}):
+        mine = [r for r in runs if r.get("workers", 1) == workers]
+        cold, warm = mine[0]["wall_s"], mine[-1]["wall_s"]
+        print(f"  one gate run, {len(mine[0]['verdicts'])} tasks, {workers} worker(s): {cold:.1f} s cold, "
+              f"{warm:.1f} s warm (target < 120 s: {'met' if warm < 120 else 'NOT met'} warm)")
+    print(f"total wall time {report['wall_s']:.0f} s")
+
+
+def _print_detection(report: dict[str, Any]) -> None:
     header = (f"{'kernel':<16}{'nominal':>8}{'injected':>10}{'trials':>7}{'regression':>11}{'1st meas.':>10}"
               f"{'inconcl.':>9}{'rounds':>7}{'s/dec':>6}")
     print("\n" + header)
@@ -482,11 +520,6 @@ def _print_summary(report: dict[str, Any], device: str) -> None:
             target = TARGETS.get(size)
             check = f" (target ≥ {target:.0%}: {'met' if rate >= target else 'NOT met'})" if target else ""
             print(f"  {size:.0%}: detected {hits}/{trials} = {rate:.1%}{check}")
-    if runs:
-        warm = runs[-1]["wall_s"]
-        print(f"  one gate run, {len(runs[0]['verdicts'])} tasks: {runs[0]['wall_s']:.1f} s cold, {warm:.1f} s warm "
-              f"(target < 120 s: {'met' if warm < 120 else 'NOT met'} warm)")
-    print(f"total wall time {report['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":
