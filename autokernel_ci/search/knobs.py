@@ -47,7 +47,7 @@ class Knob:
                 return "all configs"
             text = self.labels[value] if 0 <= value < len(self.labels) else f"config {value}"
             return f"config {value} ({_shorten(text)})"
-        return repr(value)
+        return "auto" if value is None else repr(value)  # None: the launcher picks it from the shape
 
 
 class KnobError(ValueError):
