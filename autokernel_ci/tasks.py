@@ -9,6 +9,7 @@ ways of making a task are treated alike from there on.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 from dataclasses import dataclass, field, replace
@@ -239,12 +240,21 @@ def load_callable(target: str, root: Path | None):
         raise TaskError(f"{module_name!r} has no attribute {attr!r} (from {target!r})") from None
 
 
+class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
+    """Compiles the file from its source every time, never through a cached .pyc: a kernel file
+    rewritten within the same second at the same size (a tuner changing 1024 to 2048) would
+    otherwise run the bytecode of its previous version. Nor is a .pyc written for it."""
+
+    def get_code(self, fullname: str):
+        return compile(self.get_data(self.path), self.path, "exec", dont_inherit=True)
+
+
 def load_module_from_path(path: Path, name: str | None = None):
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"file not found: {path}")
     name = name or f"_autokernel_task_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=_SourceOnlyLoader(name, str(path)))
     if spec is None or spec.loader is None:
         raise TaskError(f"cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(spec)

@@ -4,6 +4,7 @@ candidate is caught by the stage meant to catch it, and the sandbox survives wha
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,34 @@ def test_replaying_an_earlier_output_is_refused_before_it_runs(tmp_path: Path) -
     result = run(tmp_path, source, task=builtin_task("softmax"), stages=("smoke",))
     assert result.status is Status.REJECTED
     assert {f.rule for f in result.findings} == {"static.cache"}
+
+
+def test_workers_cache_bytecode_in_our_cache_never_beside_the_sources(tmp_path: Path) -> None:
+    """A worker without .pyc files compiles torch from source every time (6 s on a GPU runner): workers
+    write bytecode, but to a cache of ours, never into the user's repository or a candidate's folder."""
+    env = child_environment({"PYTHONDONTWRITEBYTECODE": "1", "AUTOKERNEL_CACHE_DIR": "rel/cache", "PATH": "/bin"})
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    prefix = Path(env["PYTHONPYCACHEPREFIX"])
+    assert prefix.is_absolute() and prefix == (Path("rel/cache") / "pycache").absolute()
+    assert child_environment({"PYTHONPYCACHEPREFIX": "/elsewhere"})["PYTHONPYCACHEPREFIX"] == "/elsewhere"
+    result = run(tmp_path, RIGHT_RMSNORM, stages=("smoke",))
+    assert result.status is Status.PASS, result.message
+    assert not list(tmp_path.rglob("__pycache__")), "bytecode was written beside a source"
+
+
+def test_a_kernel_file_rewritten_in_the_same_second_at_the_same_size_is_never_run_from_stale_bytecode(
+        tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from autokernel_ci.tasks import load_module_from_path
+
+    monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path / "pycache"))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    path = tmp_path / "kernel.py"
+    path.write_text("BLOCK_SIZE = 1024\n")
+    stamp = path.stat().st_mtime
+    assert load_module_from_path(path).BLOCK_SIZE == 1024
+    path.write_text("BLOCK_SIZE = 2048\n")  # same size
+    os.utime(path, (stamp, stamp))  # and the same time stamp: a .pyc check would take the old one
+    assert load_module_from_path(path).BLOCK_SIZE == 2048
+    assert not list(tmp_path.rglob("*.pyc"))

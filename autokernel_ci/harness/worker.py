@@ -42,11 +42,17 @@ class _Context:
     out_dir: Path
 
 
+_STARTED = time.perf_counter()  # the interpreter is up: what came before is Python's own start
+
+
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
     out_dir = Path(request["out_dir"])
+    phases: dict[str, float] = {}
+    mark = _Stopwatch(phases)
 
     import torch
+    import triton  # noqa: F401 - imported here so its cost is counted apart from the candidate's
 
     from autokernel_ci.harness import anticheat
     from autokernel_ci.tasks import task_inputs_from_wire
@@ -54,12 +60,16 @@ def main(argv: list[str]) -> int:
     wire = request["task"]
     make_inputs, task_module = task_inputs_from_wire(wire)
     ctx = _Context(torch, anticheat, make_inputs, task_module, wire, request["device"], out_dir)
+    mark("imports")
     if request.get("mode") == "ab":
         return _run_ab(ctx, request)
     result: dict[str, Any] = {"protocol": PROTOCOL, "cases": [], "module_state": [], "import_error": None,
-                              "timings": [], "baselines": [], "gpu": _gpu_identity(torch, ctx.device)}
+                              "timings": [], "baselines": [], "gpu": _gpu_identity(torch, ctx.device),
+                              "phases_s": phases}
+    mark("cuda_init")
     if request.get("candidate") is None:
         result["baselines"] = _time_baselines(ctx, request.get("timing") or {})
+        mark("baselines")
         _write_result(out_dir, result)
         return 0
 
@@ -71,6 +81,7 @@ def main(argv: list[str]) -> int:
         _write_result(out_dir, result)
         return EXIT_IMPORT_FAILED
     result["module_state"] += _state_changes(anticheat, state_before)
+    mark("candidate_import")
 
     # Poison: with deterministic algorithms on, torch.empty fills new float memory with NaN, so an
     # element the candidate never writes shows up as NaN instead of stale data that happens to be right.
@@ -84,12 +95,29 @@ def main(argv: list[str]) -> int:
             case = Case(**raw)
             progress.write(f"{case.index}\n")
             result["cases"].append(_run_case(ctx, case, entry))
+    mark("cases")
     if request.get("timing") and not any(c["error"] or c["output_problem"] for c in result["cases"]):
         torch.use_deterministic_algorithms(False)
         result["timings"] = _time_candidate(ctx, entry, request["timing"])
+        mark("timing")
     result["module_state"] += _state_changes(anticheat, state_before)
+    mark("module_state")
     _write_result(out_dir, result)
     return 0
+
+
+class _Stopwatch:
+    """`mark(name)` records the seconds since the previous mark (the first: since the interpreter was up)
+    under `name`: where a worker's time goes, for the loop's speed reports. Informational only."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases = phases
+        self.last = _STARTED
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(self.phases.get(name, 0.0) + now - self.last, 4)
+        self.last = now
 
 
 def _gpu_identity(torch: Any, device: str) -> dict[str, str] | None:
@@ -318,5 +346,18 @@ def _write_result(out_dir: Path, result: dict[str, Any]) -> None:
     os.replace(tmp, out_dir / "result.json")
 
 
+def _profiled(argv: list[str], where: str) -> int:
+    """main under cProfile, the stats written to `where` (AUTOKERNEL_WORKER_PROFILE): why is a worker slow?"""
+    import cProfile
+
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(main, argv)
+    finally:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        profile.dump_stats(str(Path(where) / f"worker-{os.getpid()}.prof"))
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _where = os.environ.get("AUTOKERNEL_WORKER_PROFILE")
+    sys.exit(_profiled(sys.argv[1:], _where) if _where else main(sys.argv[1:]))
