@@ -118,6 +118,7 @@ NUM_WARPS = None
 FP32_PRECISION = "tf32"
 
 SM_COUNT = 132  # H100 SXM
+SHARED_MEMORY_BYTES = 232448  # per block on an H100: the launcher's own choices stay under it
 
 
 @triton.jit
@@ -216,6 +217,15 @@ def _launch_config(m: int, n: int, k: int, itemsize: int) -> tuple[int, int, int
     bk = BLOCK_K if BLOCK_K is not None else bk
     stages = NUM_STAGES if NUM_STAGES is not None else stages
     warps = NUM_WARPS if NUM_WARPS is not None else warps
+    # Knobs left to the launcher give way to the pinned ones: a search that pins big tiles and deep
+    # pipelining must not fail on a shape whose own choice of BLOCK_K (deep for decode) no longer fits.
+    while stages * (bm * bk + bk * bn) * itemsize > SHARED_MEMORY_BYTES:
+        if BLOCK_K is None and bk > 16:
+            bk //= 2
+        elif NUM_STAGES is None and stages > 2:
+            stages -= 1
+        else:
+            break
     return bm, bn, bk, GROUP_M, stages, warps
 
 

@@ -69,3 +69,18 @@ def test_defaults_and_sampled_configs_pass_check_config_and_run(load_starter, ch
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_default_config_compiles_for_h100_without_spills(compiles_for_h100, spec, dtype):
     compiles_for_h100(dtype, [*spec.bench_shapes, *spec.decode_shapes])
+
+
+def test_knobs_left_to_the_launcher_give_way_so_pinned_big_tiles_still_fit_shared_memory(op, monkeypatch):
+    """Measured on an H100: the tuner pinned BLOCK_M 64, BLOCK_N 128 and 5 stages, and the decode path's own
+    BLOCK_K of 256 made it need 480 KB of shared memory (OutOfResources). The launcher's choices shrink."""
+    for knob, value in {"BLOCK_M": 64, "BLOCK_N": 128, "NUM_STAGES": 5, "BLOCK_K": None}.items():
+        monkeypatch.setattr(op, knob, value)
+    for m, itemsize in ((16, 2), (1, 2), (16, 4), (4096, 2)):
+        bm, bn, bk, _, stages, _ = op._launch_config(m, 4096, 4096, itemsize)
+        assert (bm, bn, stages) == (64, 128, 5)
+        assert stages * (bm * bk + bk * bn) * itemsize <= op.H100_SHARED_MEMORY, (m, itemsize, bk)
+    monkeypatch.setattr(op, "BLOCK_K", 128)  # pinned: the launcher leaves it; the constraint refuses it
+    assert op._launch_config(16, 4096, 4096, 2)[2] == 128
+    assert "shared memory" in op.SPEC.check_config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128,
+                                                    "NUM_STAGES": 5})
