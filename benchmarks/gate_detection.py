@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.03)
     parser.add_argument("--skip-gate-runs", action="store_true", help="only the injected-slowdown trials")
     parser.add_argument("--skip-trials", action="store_true", help="only the full gate runs")
+    parser.add_argument("--cold-only", action="store_true", help="gate runs: the cold run only, no warm one")
     parser.add_argument("--gate-workers", default="1", metavar="N[,N…]",
                         help="the gate runs with each of these worker counts (one GPU per worker), each cold "
                              "then warm; e.g. 1,2 on a two-GPU machine (default 1)")
@@ -213,7 +214,8 @@ def _gate_runs(device: str, args: argparse.Namespace, warm_by: float) -> list[di
             os.environ["AUTOKERNEL_CACHE_DIR"] = str(cache)
             os.environ["TRITON_CACHE_DIR"] = str(Path(tmp) / f"triton-{workers}")
             try:
-                for label in ("cold (noise measured)", "warm (noise cached)"):
+                labels = ("cold (noise measured)",) + (() if args.cold_only else ("warm (noise cached)",))
+                for label in labels:
                     if runs and label.startswith("warm") and time.monotonic() > warm_by:
                         print(f"gate run, {label}: skipped, the cold run took too much of the budget\n")
                         break

@@ -213,6 +213,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"\n{op}:", flush=True)
                 entry = run_op(op, args.workers, args.max_experiments, args.minutes_per_op, device, Path(tmp), sampler)
                 report["ops"].append(entry)
+                if args.out is not None:  # after every op: a run cut short still leaves what it measured
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    args.out.write_text(json.dumps(report, indent=1, default=str))
                 print(f"  {entry['experiments']} experiments in {entry['experiment_s']:.1f} s = "
                       f"{entry['experiments_per_hour'] or 0:.0f}/hour; setup {entry['setup_s']:.1f} s; "
                       f"GPU util {entry['gpu_util_experiments']}; speedup {entry['speedup_vs_weak_start'] or 0:.2f}x; "
@@ -306,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         return compare(args.compare)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # optimize_tuner's weak configs
-    report = measure(args)
     out = args.json or (Path(os.environ["OUT"]) / f"pool_scaling_w{args.workers}.json" if os.environ.get("OUT")
                         else None)
+    args.out = out
+    report = measure(args)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1, default=str))
