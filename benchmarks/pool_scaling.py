@@ -237,11 +237,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def placement(report: dict[str, Any]) -> dict[str, Any]:
     """Which card each slot's evaluations ran on: {slot's CUDA_VISIBLE_DEVICES: {card index: count}}."""
-    by_uuid = report.get("gpu_uuids", {})
+    # nvidia-smi writes "GPU-<uuid>", torch the bare uuid.
+    by_uuid = {uuid.removeprefix("GPU-"): index for uuid, index in report.get("gpu_uuids", {}).items()}
     out: dict[str, dict[str, int]] = {}
     for row in report.get("evaluations", []):
         slot = row["slot_visible"] or "unpinned"
-        card = by_uuid.get(row["gpu_uuid"] or "", row["gpu_uuid"] or "?")
+        card = by_uuid.get((row["gpu_uuid"] or "").removeprefix("GPU-"), row["gpu_uuid"] or "?")
         out.setdefault(slot, {}).setdefault(card, 0)
         out[slot][card] += 1
     return out
