@@ -826,7 +826,7 @@ class ExperimentLoop:
             path.write_text(candidate.source, encoding="utf-8")
             futures[n] = self.pool.submit(self.task, path, device=self.device, timeout=self.timeout,
                                           seed=self.settings.seed, stages=self.settings.screen_stages,
-                                          timing=self.screen_plan)
+                                          timing=self.screen_plan, standby=True)
         self._progress("screen", candidate=f"{len(futures)} candidate(s) at once on {self.pool.size} worker(s)")
         screens: dict[int, EvalResult | AutokernelError] = {}
         try:
@@ -945,9 +945,10 @@ class ExperimentLoop:
 
         if self.pool is not None:  # slot 0: every measurement that decides a keep comes from one GPU
             return self.pool.evaluate(self.task, self.task.path, slot=0, device=self.device, timeout=self.timeout,
-                                      seed=self.settings.seed, stages=stages, timing=plan)
+                                      seed=self.settings.seed, stages=stages, timing=plan, standby=True)
+        # One evaluation after another: a worker started during this one takes the next (harness.standby).
         return evaluate(self.task, self.task.path, device=self.device, timeout=self.timeout, seed=self.settings.seed,
-                        stages=stages, timing=plan)
+                        stages=stages, timing=plan, standby=True)
 
     def _commit_message(self, n: int, candidate: Candidate, gate: EvalResult, cmp: Comparison) -> str:
         from autokernel_ci.report.markdown import correctness_line, roofline_line

@@ -61,8 +61,8 @@ class WorkerClock:
         self._evaluate = sandbox.evaluate
 
     def __enter__(self) -> WorkerClock:
-        def timed(request, out_dir, timeout, env, on_progress=None):
-            run = self._original(request, out_dir, timeout, env, on_progress)
+        def timed(request, out_dir, timeout, env, on_progress=None, **kwargs):
+            run = self._original(request, out_dir, timeout, env, on_progress, **kwargs)
             cases = [c.get("seconds", 0.0) for c in (run.result or {}).get("cases", []) if isinstance(c, dict)]
             self.records.append({"kind": "baselines" if request.get("candidate") is None else "candidate",
                                  "worker_s": run.seconds, "cases_s": sum(cases),

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,22 +115,30 @@ class WorkerRun:
 
 def run_worker(request: dict[str, Any], out_dir: Path, timeout: float, env: dict[str, str],
                on_progress: Callable[[int], None] | None = None,
-               cancel: threading.Event | None = None) -> WorkerRun:
+               cancel: threading.Event | None = None, standby: bool = False) -> WorkerRun:
     """Start the worker on `request`, wait at most `timeout` seconds, and collect what it wrote.
 
     Setting `cancel` (from another thread: a pool shutting down) kills the worker and raises
-    `EvaluationCancelled`; the worker lives in its own session and would otherwise outlive the caller."""
+    `EvaluationCancelled`; the worker lives in its own session and would otherwise outlive the caller.
+    `standby`: hand the request to a worker started ahead with the same environment, if there is one,
+    and start the next (`harness.standby`); the time limit counts from the hand-over."""
+    from autokernel_ci.harness import standby as standby_workers
+
     request = {**request, "out_dir": str(out_dir)}
     request_path = out_dir / "request.json"
     request_path.write_text(json.dumps(request))
     log_path = out_dir / "worker.log"
+    handed = standby_workers.take(env, request_path) if standby and standby_workers.enabled(env) else None
     start = time.monotonic()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "autokernel_ci.harness.worker", str(request_path)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out_dir,
-            start_new_session=True,
-        )
+    with open(log_path, "ab") as log:
+        if handed is not None:
+            proc = handed.proc
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "autokernel_ci.harness.worker", str(request_path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out_dir,
+                start_new_session=True,
+            )
         timed_out = False
         seen = 0
         try:
@@ -153,6 +162,9 @@ def run_worker(request: dict[str, Any], out_dir: Path, timeout: float, env: dict
             # Ctrl-C or SIGTERM in the caller: the worker has its own session and would outlive us.
             _kill_group(proc)
             raise
+        finally:
+            if handed is not None:
+                shutil.rmtree(handed.home, ignore_errors=True)
     seconds = time.monotonic() - start
     result = None
     result_path = out_dir / "result.json"
@@ -217,11 +229,13 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
              timing: TimingPlan | None = None,
              on_progress: Callable[[int, int], None] | None = None,
              env_overrides: Mapping[str, str] | None = None,
-             cancel: threading.Event | None = None) -> EvalResult:
+             cancel: threading.Event | None = None, standby: bool = False) -> EvalResult:
     """Static checks, then the worker, then judgement: the whole correctness gate for one candidate.
 
     `env_overrides` are added to the worker's environment before credentials are stripped (a pool
-    pins each worker to its GPU with `CUDA_VISIBLE_DEVICES`); `cancel` is passed to `run_worker`."""
+    pins each worker to its GPU with `CUDA_VISIBLE_DEVICES`); `cancel` is passed to `run_worker`.
+    `standby`: for callers that evaluate one candidate after another (the loop): the worker is taken
+    from, and the next one started into, `harness.standby`."""
     from autokernel_ci.harness import anticheat
     from autokernel_ci.harness.correctness import STAGES, plan_cases
 
@@ -255,8 +269,9 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
     with tempfile.TemporaryDirectory(prefix="autokernel-eval-", dir=work_dir) as tmp:
         progress = (lambda done: on_progress(done, len(cases))) if on_progress else None
         env = child_environment({**os.environ, **env_overrides} if env_overrides else None, device=device)
-        # `cancel` only when given: wrappers of run_worker (benchmarks/optimize_tuner.py) keep working.
-        run = run_worker(request, Path(tmp), timeout, env, progress, **({"cancel": cancel} if cancel else {}))
+        # `cancel` and `standby` only when given: wrappers of run_worker (benchmarks/) keep working.
+        extra = {**({"cancel": cancel} if cancel else {}), **({"standby": True} if standby else {})}
+        run = run_worker(request, Path(tmp), timeout, env, progress, **extra)
         result.worker_log = run.log_tail[-2000:]
         if run.timed_out:
             return _finish(result, Status.TIMEOUT, f"the candidate ran past the {timeout:g} s limit "

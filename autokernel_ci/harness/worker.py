@@ -1,6 +1,7 @@
 """The worker: the only process that imports and runs a candidate.
 
     python -m autokernel_ci.harness.worker REQUEST.json
+    python -m autokernel_ci.harness.worker --standby     # imports first, then the request's path on stdin
 
 It draws each case's inputs from the seed in the request, calls the candidate, and writes back the
 outputs (`case_<i>.pt`) and what it observed (`result.json`): exceptions, inputs that changed, the
@@ -346,13 +347,46 @@ def _write_result(out_dir: Path, result: dict[str, Any]) -> None:
     os.replace(tmp, out_dir / "result.json")
 
 
+def standby() -> int:
+    """`--standby` (harness.standby): import what every worker imports, then wait for one request's path
+    on stdin and serve it as `main` would, with its output in the request's worker.log. EOF: exit."""
+    global _STARTED
+    import torch  # noqa: F401
+    import triton  # noqa: F401
+    import triton.language  # noqa: F401
+
+    from autokernel_ci.harness import anticheat, correctness  # noqa: F401
+    from autokernel_ci.tasks import task_inputs_from_wire  # noqa: F401
+
+    line = sys.stdin.readline().strip()
+    if not line:
+        return 0
+    request_path = Path(line)
+    out_dir = Path(json.loads(request_path.read_text())["out_dir"])
+    home = os.getcwd()
+    os.chdir(out_dir)
+    sys.path[:] = [str(out_dir) if entry == home else entry for entry in sys.path]  # as if started there
+    log = os.open(out_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    _STARTED = time.perf_counter()  # its phases count from the request, not from the wait
+    return main([str(request_path)])
+
+
+def _entry(argv: list[str]) -> int:
+    if argv == ["--standby"]:
+        return standby()
+    return main(argv)
+
+
 def _profiled(argv: list[str], where: str) -> int:
     """main under cProfile, the stats written to `where` (AUTOKERNEL_WORKER_PROFILE): why is a worker slow?"""
     import cProfile
 
     profile = cProfile.Profile()
     try:
-        return profile.runcall(main, argv)
+        return profile.runcall(_entry, argv)
     finally:
         Path(where).mkdir(parents=True, exist_ok=True)
         profile.dump_stats(str(Path(where) / f"worker-{os.getpid()}.prof"))
@@ -360,4 +394,4 @@ def _profiled(argv: list[str], where: str) -> int:
 
 if __name__ == "__main__":
     _where = os.environ.get("AUTOKERNEL_WORKER_PROFILE")
-    sys.exit(_profiled(sys.argv[1:], _where) if _where else main(sys.argv[1:]))
+    sys.exit(_profiled(sys.argv[1:], _where) if _where else _entry(sys.argv[1:]))

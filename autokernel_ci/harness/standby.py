@@ -1,0 +1,125 @@
+"""Worker processes started ahead of time: the next evaluation finds Python, torch and Triton imported.
+
+A worker spends seconds before it runs a single case: the interpreter starts, torch and Triton
+import (measured on an H100 runner: 1.2 s of start and exit, 2–5 s of imports, of a 6.7 s screen).
+The loop evaluates one candidate after another, so `take(env)` hands the request to a process that
+was started with the same environment during the previous evaluation and has done that part
+already, and starts the next one. Each process still serves exactly one request: it imported only
+our code and torch's before the request came, never a candidate, so the isolation is what a fresh
+process gives. Without a standby process for this environment (the first evaluation, or another
+GPU's slot) the caller starts one the usual way.
+
+A standby process waits on its stdin for the request's path. When the parent goes away, however it
+ends, that pipe closes and the process exits. `AUTOKERNEL_STANDBY=0` turns the whole thing off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_SWITCH = "AUTOKERNEL_STANDBY"
+MAX_PROCESSES = 4  # one per environment in use (a pool has one per GPU); the least recently used go first
+
+
+@dataclass
+class Handed:
+    """A standby process that took a request: the caller waits on `proc` and removes `home` after."""
+
+    proc: subprocess.Popen
+    home: Path
+
+
+@dataclass
+class _Process:
+    proc: subprocess.Popen
+    home: Path  # its working folder until the request comes (then the request's folder)
+
+
+_lock = threading.Lock()
+_waiting: OrderedDict[str, _Process] = OrderedDict()
+
+
+def enabled(env: dict[str, str] | None = None) -> bool:
+    return (os.environ if env is None else env).get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def take(env: dict[str, str], request_path: Path) -> Handed | None:
+    """Hand `request_path` to the standby process started with exactly `env`, if one is alive, and start
+    the next one for `env`. None when there was none: the caller starts a worker itself."""
+    key = _key(env)
+    with _lock:
+        ready = _waiting.pop(key, None)
+        _start(key, env)
+    if ready is None:
+        return None
+    if ready.proc.poll() is not None:  # it died waiting (killed, out of memory): not to be trusted
+        _discard(ready)
+        return None
+    try:
+        assert ready.proc.stdin is not None
+        ready.proc.stdin.write(f"{request_path}\n".encode())
+        ready.proc.stdin.close()
+    except OSError:
+        _discard(ready)
+        return None
+    return Handed(ready.proc, ready.home)
+
+
+def shutdown() -> None:
+    """End every standby process (at exit, and in tests)."""
+    with _lock:
+        waiting = list(_waiting.values())
+        _waiting.clear()
+    for process in waiting:
+        _discard(process)
+
+
+def waiting_count() -> int:
+    with _lock:
+        return sum(1 for p in _waiting.values() if p.proc.poll() is None)
+
+
+def _start(key: str, env: dict[str, str]) -> None:
+    """Start the standby process for `env` (the lock is held)."""
+    home = Path(tempfile.mkdtemp(prefix="autokernel-standby-"))
+    with open(home / "standby.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "autokernel_ci.harness.worker", "--standby"],
+                                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home,
+                                start_new_session=True)
+    _waiting[key] = _Process(proc, home)
+    while len(_waiting) > MAX_PROCESSES:
+        _, oldest = _waiting.popitem(last=False)
+        threading.Thread(target=_discard, args=(oldest,), daemon=True).start()
+
+
+def _discard(process: _Process | Handed) -> None:
+    proc = process.proc
+    try:
+        if proc.stdin is not None and not proc.stdin.closed:
+            proc.stdin.close()  # EOF: a waiting process exits on its own
+        proc.wait(timeout=2)
+    except (OSError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+    shutil.rmtree(process.home, ignore_errors=True)
+
+
+def _key(env: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(env.items())).encode()).hexdigest()
+
+
+atexit.register(shutdown)
