@@ -350,6 +350,7 @@ def test_two_workers_gate_both_tasks_at_once_with_the_same_verdicts_in_config_or
     assert [(v.task, v.verdict) for v in two.verdicts] == [(v.task, v.verdict) for v in one.verdicts] \
         == [("rmsnorm", "pass"), ("norm2", "fail")]
     assert (one.workers, two.workers) == (1, 2) and two.exit_code == one.exit_code == 1
+    assert "× 2 (a task per GPU)" in render_markdown(two) and "× " not in render_markdown(one).split("\n")[2]
     # Both tasks started before either had a verdict: they were in flight together.
     started = [i for i, e in enumerate(events) if e.endswith(": gating")]
     decided = [i for i, e in enumerate(events) if ": pass:" in e or ": fail:" in e]

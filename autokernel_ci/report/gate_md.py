@@ -65,7 +65,7 @@ def _context_line(report: GateReport) -> str:
     minutes, seconds = divmod(round(report.duration_s), 60)
     took = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
     return (f"base `{report.base_sha[:12]}` ({report.base}) → head `{report.head_sha[:12]}` ({report.head}) · "
-            f"{report.device} · threshold {_share(report.threshold)} · {gated} task{'s' * (gated != 1)} gated, "
+            f"{report.device}{f' × {report.workers} (a task per GPU)' if report.workers > 1 else ''} · threshold {_share(report.threshold)} · {gated} task{'s' * (gated != 1)} gated, "
             f"{len(report.unchanged)} unchanged · {took}")
 
 
