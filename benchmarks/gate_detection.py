@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-trials", type=int, default=400, help="at most this many decisions per size and kernel")
     parser.add_argument("--threshold", type=float, default=0.03)
     parser.add_argument("--skip-gate-runs", action="store_true", help="only the injected-slowdown trials")
+    parser.add_argument("--sizes", default=",".join(f"{x:g}" for x in SIZES), metavar="S[,S…]",
+                        help="injected slowdowns to run trials of, as fractions (default: all of "
+                             f"{', '.join(f'{x:g}' for x in SIZES)}); e.g. 0 for false positives only")
     parser.add_argument("--skip-trials", action="store_true", help="only the full gate runs")
     parser.add_argument("--cold-only", action="store_true", help="gate runs: the cold run only, no warm one")
     parser.add_argument("--gate-workers", default="1", metavar="N[,N…]",
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, two tasks, few trials (CPU logic check)")
     parser.add_argument("--json", type=Path, help="write everything here (default: $OUT/gate_detection.json)")
     args = parser.parse_args(argv)
+    _sizes(args.sizes)  # a bad list is refused before anything runs
 
     import torch
 
@@ -413,7 +417,8 @@ def _detection(device: str, args: argparse.Namespace, deadline: float) -> dict[s
             noise = _noise_draws(kernel, base_fn, 3)
             kernels.append((kernel, base_fn, calibration, noise))
         tallies = {(k.label, s): _Tally() for k, *_ in kernels for s in SIZES}
-        schedule = [s for s in SIZES for _ in range(2 if s == 0 else 1)]
+        chosen = _sizes(args.sizes)
+        schedule = [s for s in chosen for _ in range(2 if s == 0 and len(chosen) > 1 else 1)]
         max_trials = 2 if quick else args.max_trials
         reserve = 5.0
         print(f"\ntrials until {max(deadline - time.monotonic(), 0):.0f} s from now "
@@ -447,6 +452,19 @@ def _detection(device: str, args: argparse.Namespace, deadline: float) -> dict[s
                                        **tallies[(kernel.label, size)].summary()})
             results["kernels"].append(entry)
     return results
+
+
+def _sizes(text: str) -> list[float]:
+    sizes = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise SystemExit(f"--sizes: {part!r} is not a number") from None
+        if value not in SIZES:
+            raise SystemExit(f"--sizes: {value:g} is not one of {', '.join(f'{x:g}' for x in SIZES)}")
+        sizes.append(value)
+    return sizes
 
 
 class _Tally:
@@ -512,6 +530,9 @@ def _print_detection(report: dict[str, Any]) -> None:
                   f"{row['mean_rounds']:>7.1f}{row['mean_s']:>6.2f}")
     print("\nboth kernels together (regression = confirmed regression verdict):")
     for size, (hits, trials) in pooled.items():
+        if not trials:
+            print(f"  {size:.0%}: no trials")
+            continue
         rate = hits / trials if trials else float("nan")
         if size == 0:
             bound = 1 - 0.05 ** (1 / trials) if trials and hits == 0 else float("nan")
