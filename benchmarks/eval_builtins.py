@@ -22,14 +22,22 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
-    import torch
-    import triton
+    import argparse
 
     from autokernel_ci.ops import OP_NAMES, starter_source
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ops", nargs="*", metavar="OP", help=f"built-in ops (default: all of {', '.join(OP_NAMES)})")
+    ops = parser.parse_args().ops or list(OP_NAMES)
+    unknown = [op for op in ops if op not in OP_NAMES]
+    if unknown:
+        parser.error(f"unknown op {unknown[0]!r}; built-in ops: {', '.join(OP_NAMES)}")
+
+    import torch
+    import triton
+
     out_dir = Path(os.environ.get("OUT") or tempfile.mkdtemp()) / "evals"
     out_dir.mkdir(parents=True, exist_ok=True)
-    ops = sys.argv[1:] or list(OP_NAMES)
     print(f"$ python benchmarks/eval_builtins.py {' '.join(sys.argv[1:])}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; device {device}; "
