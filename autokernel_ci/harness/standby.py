@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV_SWITCH = "AUTOKERNEL_STANDBY"
-MAX_PROCESSES = 4  # one per environment in use (a pool has one per GPU); the least recently used go first
+# One per environment in use: a pool has one per GPU, so an 8-GPU runner keeps 8 (each has torch imported,
+# no CUDA context: well under 1 GB). Beyond this the least recently used go first.
+MAX_PROCESSES = 16
 
 
 @dataclass
