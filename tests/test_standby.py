@@ -121,3 +121,15 @@ def test_switched_off_by_the_environment_and_gone_after_shutdown(tmp_path: Path,
     assert len(procs) == 1
     standby.shutdown()
     assert all(p.poll() is not None for p in procs)
+
+
+def test_one_standby_process_per_environment_and_the_oldest_goes_past_the_cap(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(standby, "MAX_PROCESSES", 2)
+    for slot in ("0", "1"):  # two pool slots: two environments, one standby process each
+        evaluate(tmp_path, RIGHT_RMSNORM, f"slot{slot}", env_overrides={"AUTOKERNEL_SLOT": slot})
+    assert standby.waiting_count() == 2
+    with standby._lock:
+        first = next(iter(standby._waiting.values())).proc
+    evaluate(tmp_path, RIGHT_RMSNORM, "slot2", env_overrides={"AUTOKERNEL_SLOT": "2"})
+    first.wait(timeout=30)  # the least recently used was ended to stay within the cap
+    assert standby.waiting_count() == 2
