@@ -165,12 +165,10 @@ def _print_header(report: dict[str, Any], device: str) -> None:
     print(f"versions: python {info.python_version}, torch {info.torch_version}, triton {info.triton_version}, "
           f"cuda {info.cuda_version}, driver {info.driver_version}")
     print(f"platform: {info.platform}")
-    commit = ""
-    if shutil.which("git"):
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                                capture_output=True, text=True, check=False).stdout.strip()
-    report["commit"] = commit
-    print(f"commit:   {commit or '-'}\n")
+    from autokernel_ci.provenance import describe
+
+    report.update(describe())
+    print(f"commit:   {report['commit']} (source {report['source_digest']})\n")
 
 
 # --- 1. full gate runs ------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from autokernel_ci.harness import sandbox  # noqa: E402
 from autokernel_ci.loop import LoopSettings, init_repository, mean_pct_roofline, run_loop  # noqa: E402
 from autokernel_ci.ops import starter_source  # noqa: E402
+from autokernel_ci.provenance import describe  # noqa: E402
 from autokernel_ci.search import TunerProposer  # noqa: E402
 from autokernel_ci.search.knobs import apply_point  # noqa: E402
 from autokernel_ci.tasks import builtin_task  # noqa: E402
@@ -164,14 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "triton": __import__("triton").__version__, "cuda": str(torch.version.cuda)},
-        "commit": _git_commit(),
+        **describe(),
         "settings": {"minutes_per_op": args.minutes_per_op, "max_experiments": args.max_experiments},
     }
     print(f"command:  {report['command']}")
     print(f"date:     {report['date']}")
     print(f"device:   {report['device']}")
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
-    print(f"versions: {versions}; autokernel-ci {report['commit']}")
+    print(f"versions: {versions}; autokernel-ci {report['commit']} (source {report['source_digest']})")
     if device == "cpu":
         print("NOTE: no GPU: the CPU interpreter's timings are not representative; only the loop's mechanics are shown")
     start_s = measure_worker_start()
@@ -221,14 +222,6 @@ def _print_table(ops: list[dict[str, Any]]) -> None:
     if total_s:
         print(f"\nall ops: {total_exp} experiments in {total_s:.0f} s of loop time = "
               f"{3600 * total_exp / total_s:.0f} experiments per GPU-hour (target ≥ 300)")
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

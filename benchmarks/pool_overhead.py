@@ -27,7 +27,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from autokernel_ci.harness import sandbox  # noqa: E402
 from autokernel_ci.loop import LoopSettings, init_repository, run_loop  # noqa: E402
 from autokernel_ci.ops import starter_source  # noqa: E402
 from autokernel_ci.pool import WorkerPool, visible_gpus  # noqa: E402
+from autokernel_ci.provenance import describe  # noqa: E402
 from autokernel_ci.search import TunerProposer  # noqa: E402
 from autokernel_ci.search.knobs import apply_point  # noqa: E402
 from autokernel_ci.tasks import builtin_task  # noqa: E402
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "visible_gpus": visible_gpus() if device == "cuda" else [],
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "triton": __import__("triton").__version__, "cuda": str(torch.version.cuda)},
-        "commit": _git_commit(),
+        **describe(),
         "settings": {"op": args.op, "max_experiments": args.max_experiments, "repeats": args.repeats,
                      "minutes_per_run": args.minutes_per_run},
     }
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"date:     {report['date']}")
     print(f"device:   {report['device']} (pool of one: GPU {(report['visible_gpus'] or ['-'])[0]})")
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
-    print(f"versions: {versions}; autokernel-ci {report['commit']}")
+    print(f"versions: {versions}; autokernel-ci {report['commit']} (source {report['source_digest']})")
     if device == "cpu":
         print("NOTE: no GPU: interpreter timings, only the mechanics are shown")
     order = ["ABBA"[i % 4] for i in range(2 * args.repeats)]
@@ -191,12 +191,6 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(report, indent=1, default=str))
         print(f"wrote {out}")
     return 0
-
-
-def _git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                          capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

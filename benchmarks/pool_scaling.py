@@ -184,6 +184,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from autokernel_ci.harness import sandbox
     from autokernel_ci.pool import visible_gpus
+    from autokernel_ci.provenance import describe
 
     device = sandbox.resolve_device(args.device)
     gpus = visible_gpus() if device == "cuda" else []
@@ -196,12 +197,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "visible_gpus": gpus, "workers": args.workers,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "triton": __import__("triton").__version__, "cuda": str(torch.version.cuda)},
-        "commit": _git_commit(),
+        **describe(),
         "settings": {"ops": args.ops, "max_experiments": args.max_experiments, "minutes_per_op": args.minutes_per_op},
     }
     print(f"command:  {report['command']}\ndate:     {report['date']}")
     print(f"device:   {report['device']} × {len(gpus)} visible; {args.workers} worker(s)")
-    print(f"versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}; autokernel-ci {report['commit']}")
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    print(f"versions: {versions}; autokernel-ci {report['commit']} (source {report['source_digest']})")
     if device == "cpu":
         print("NOTE: no GPU: interpreter timings, only the mechanics are shown")
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
@@ -319,12 +321,6 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(report, indent=1, default=str))
         print(f"wrote {out}")
     return 0
-
-
-def _git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                          capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ def write(tmp_path: Path, text: str) -> Path:
 def repo(tmp_path: Path) -> Path:
     (tmp_path / "kernels").mkdir()
     (tmp_path / "kernels" / "rmsnorm.py").write_text("def kernel_fn(x, weight, eps=1e-6):\n    return x\n")
-    (tmp_path / "refs.py").write_text("def gelu(x):\n    return x\n\ndef make_inputs(shape, dtype, gen, kind):\n    pass\n")
+    (tmp_path / "refs.py").write_text("def gelu(x):\n    return x\n\n"
+                                      "def make_inputs(shape, dtype, gen, kind):\n    pass\n")
     return tmp_path
 
 

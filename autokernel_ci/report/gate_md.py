@@ -64,8 +64,9 @@ def _context_line(report: GateReport) -> str:
     gated = len(report.verdicts)
     minutes, seconds = divmod(round(report.duration_s), 60)
     took = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+    device = report.device + (f" × {report.workers} (a task per GPU)" if report.workers > 1 else "")
     return (f"base `{report.base_sha[:12]}` ({report.base}) → head `{report.head_sha[:12]}` ({report.head}) · "
-            f"{report.device}{f' × {report.workers} (a task per GPU)' if report.workers > 1 else ''} · threshold {_share(report.threshold)} · {gated} task{'s' * (gated != 1)} gated, "
+            f"{device} · threshold {_share(report.threshold)} · {gated} task{'s' * (gated != 1)} gated, "
             f"{len(report.unchanged)} unchanged · {took}")
 
 
