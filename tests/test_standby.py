@@ -133,3 +133,17 @@ def test_one_standby_process_per_environment_and_the_oldest_goes_past_the_cap(tm
     evaluate(tmp_path, RIGHT_RMSNORM, "slot2", env_overrides={"AUTOKERNEL_SLOT": "2"})
     first.wait(timeout=30)  # the least recently used was ended to stay within the cap
     assert standby.waiting_count() == 2
+
+
+def test_shutdown_ends_many_standby_processes_within_one_grace_period(tmp_path: Path, monkeypatch):
+    """Eight GPUs: eight standby processes, some still importing torch at exit. They get their EOF at
+    once and share one grace period, so leaving does not take eight of them."""
+    for slot in range(4):
+        evaluate(tmp_path, RIGHT_RMSNORM, f"slot{slot}", env_overrides={"AUTOKERNEL_SLOT": str(slot)})
+    with standby._lock:
+        procs = [p.proc for p in standby._waiting.values()]
+    assert len(procs) == 4
+    started = time.monotonic()
+    standby.shutdown(grace_s=0.5)
+    assert time.monotonic() - started < 3.0
+    assert all(p.poll() is not None for p in procs)

@@ -78,13 +78,23 @@ def take(env: dict[str, str], request_path: Path) -> Handed | None:
     return Handed(ready.proc, ready.home)
 
 
-def shutdown() -> None:
-    """End every standby process (at exit, and in tests)."""
+def shutdown(grace_s: float = 2.0) -> None:
+    """End every standby process (at exit, and in tests): EOF to all at once, `grace_s` in all for them to
+    leave on their own (one still importing torch reads its EOF after), then a kill."""
+    import time
+
     with _lock:
         waiting = list(_waiting.values())
         _waiting.clear()
     for process in waiting:
-        _discard(process)
+        _close_stdin(process.proc)
+    deadline = time.monotonic() + grace_s
+    for process in waiting:
+        try:
+            process.proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            _kill(process.proc)
+        shutil.rmtree(process.home, ignore_errors=True)
 
 
 def waiting_count() -> int:
@@ -106,18 +116,28 @@ def _start(key: str, env: dict[str, str]) -> None:
 
 
 def _discard(process: _Process | Handed) -> None:
-    proc = process.proc
+    _close_stdin(process.proc)  # EOF: a waiting process exits on its own
+    try:
+        process.proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        _kill(process.proc)
+    shutil.rmtree(process.home, ignore_errors=True)
+
+
+def _close_stdin(proc: subprocess.Popen) -> None:
     try:
         if proc.stdin is not None and not proc.stdin.closed:
-            proc.stdin.close()  # EOF: a waiting process exits on its own
-        proc.wait(timeout=2)
-    except (OSError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, 9)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-    shutil.rmtree(process.home, ignore_errors=True)
+            proc.stdin.close()
+    except OSError:
+        pass
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
 
 
 def _key(env: dict[str, str]) -> str:
