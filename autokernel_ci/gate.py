@@ -813,17 +813,13 @@ def gate_slots(device: str, workers: int | None) -> list[dict[str, str]]:
     """What each of the gate's workers adds to its processes' environment: on a GPU machine one slot per
     GPU (`workers` of them; None: every visible GPU), pinned with CUDA_VISIBLE_DEVICES when there are
     several; on the CPU `workers` unpinned slots (default 1)."""
-    from autokernel_ci.pool import visible_gpus
+    from autokernel_ci.pool import first_gpus
 
     if workers is not None and workers < 1:
         raise AutokernelError(f"the gate needs at least one worker, got {workers}")
     if device == "cpu":
         return [{} for _ in range(workers or 1)]
-    gpus = visible_gpus()
-    if workers is not None and workers > max(len(gpus), 1):
-        raise AutokernelError(f"--workers {workers} asks for more workers than the {len(gpus)} visible GPU(s) "
-                              f"({', '.join(gpus) or 'none'}); one worker per GPU")
-    chosen = gpus[:workers or len(gpus)] or [""]
+    chosen = first_gpus(workers)
     return [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in chosen] if len(chosen) > 1 else [{}]
 
 

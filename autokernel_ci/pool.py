@@ -63,6 +63,15 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
     return [str(i) for i in range(count)]
 
 
+def first_gpus(workers: int | None) -> list[str]:
+    """The first `workers` visible GPUs (None: all of them), one worker each; more than there are is an error."""
+    gpus = visible_gpus()
+    if workers is not None and workers > len(gpus):
+        raise AutokernelError(f"--workers {workers} asks for more workers than the {len(gpus)} visible GPU(s) "
+                              f"({', '.join(gpus) or 'none'}); one worker per GPU")
+    return gpus if workers is None else gpus[:workers]
+
+
 @dataclass
 class JobRecord:
     """When and where one evaluation ran: what `WorkerPool.records` keeps, for logs and tests."""
@@ -115,11 +124,7 @@ class WorkerPool:
         """The pool `optimize --workers N` uses: the first N visible GPUs, or N CPU slots."""
         if device == CPU_DEVICE:
             return cls.cpu(workers)
-        gpus = visible_gpus()
-        if workers > len(gpus):
-            raise AutokernelError(f"--workers {workers} asks for more workers than the {len(gpus)} visible GPU(s) "
-                                  f"({', '.join(gpus) or 'none'}); one worker per GPU")
-        return cls(gpus[:workers])
+        return cls(first_gpus(workers))
 
     @property
     def size(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -40,3 +41,46 @@ def git_commit(cwd: Path = PACKAGE) -> str:
 def describe() -> dict[str, str]:
     """{"commit": …, "source_digest": …}: what a benchmark's JSON records."""
     return {"commit": git_commit(), "source_digest": source_digest()}
+
+
+def run_record(device: str) -> dict[str, Any]:
+    """The head of a benchmark's JSON: the command, the date, the device (`cuda` or `cpu`), the versions
+    and the code, as every script in benchmarks/ records them."""
+    import platform
+    import shlex
+    import sys
+    from datetime import datetime, timezone
+
+    import torch
+    import triton
+
+    return {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+                     "cuda": str(torch.version.cuda)},
+        **describe(),
+    }
+
+
+def print_record(record: dict[str, Any], device_note: str = "") -> None:
+    """The record's head as the first lines of a benchmark's output (RESULTS.md quotes them)."""
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+    print(f"command:  {record['command']}")
+    print(f"date:     {record['date']}")
+    print(f"device:   {record['device']}{device_note}")
+    print(f"versions: {versions}; autokernel-ci {record['commit']} (source {record['source_digest']})")
+    if record["device"].startswith("cpu"):
+        print("NOTE: no GPU: the interpreter's timings are not representative; only the mechanics are shown")
+
+
+def write_record(record: dict[str, Any], path: Path | None) -> None:
+    """Write the JSON (when there is somewhere to write it) and say where."""
+    import json
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=str))
+    print(f"wrote {path}")

@@ -16,29 +16,24 @@ Writes optimize_tuner.json to $OUT when that variable is set (or to --json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-import torch  # noqa: E402
 
 from autokernel_ci.harness import sandbox  # noqa: E402
 from autokernel_ci.loop import LoopSettings, init_repository, mean_pct_roofline, run_loop  # noqa: E402
 from autokernel_ci.ops import starter_source  # noqa: E402
-from autokernel_ci.provenance import describe  # noqa: E402
+from autokernel_ci.provenance import print_record, run_record, write_record  # noqa: E402
 from autokernel_ci.search import TunerProposer  # noqa: E402
 from autokernel_ci.search.knobs import apply_point  # noqa: E402
 from autokernel_ci.tasks import builtin_task  # noqa: E402
@@ -160,21 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = sandbox.resolve_device(args.device)
     report: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "triton": __import__("triton").__version__, "cuda": str(torch.version.cuda)},
-        **describe(),
+        **run_record(device),
         "settings": {"minutes_per_op": args.minutes_per_op, "max_experiments": args.max_experiments},
     }
-    print(f"command:  {report['command']}")
-    print(f"date:     {report['date']}")
-    print(f"device:   {report['device']}")
-    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
-    print(f"versions: {versions}; autokernel-ci {report['commit']} (source {report['source_digest']})")
-    if device == "cpu":
-        print("NOTE: no GPU: the CPU interpreter's timings are not representative; only the loop's mechanics are shown")
+    print_record(report)
     start_s = measure_worker_start()
     print(f"worker start (python + torch + triton + CUDA context): {start_s:.2f} s\n")
     report["ops"] = []
@@ -185,11 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             report["ops"].append(entry)
             _print_op(entry)
     _print_table(report["ops"])
-    out = args.json or (Path(os.environ["OUT"]) / "optimize_tuner.json" if os.environ.get("OUT") else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1, default=str))
-        print(f"\nwrote {out}")
+    write_record(report, args.json or (Path(os.environ["OUT"]) / "optimize_tuner.json" if os.environ.get("OUT")
+                                       else None))
     return 0
 
 

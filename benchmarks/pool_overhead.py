@@ -22,37 +22,33 @@ set (or to --json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-import torch  # noqa: E402
 
 from autokernel_ci.harness import sandbox  # noqa: E402
 from autokernel_ci.loop import LoopSettings, init_repository, run_loop  # noqa: E402
 from autokernel_ci.ops import starter_source  # noqa: E402
 from autokernel_ci.pool import WorkerPool, visible_gpus  # noqa: E402
-from autokernel_ci.provenance import describe  # noqa: E402
+from autokernel_ci.provenance import print_record, run_record, write_record  # noqa: E402
 from autokernel_ci.search import TunerProposer  # noqa: E402
 from autokernel_ci.search.knobs import apply_point  # noqa: E402
 from autokernel_ci.tasks import builtin_task  # noqa: E402
 
-WEAK = {
-    "rmsnorm": {"BLOCK_SIZE": 1024, "ROWS_PER_PROGRAM": 1, "NUM_WARPS": 2},
-    "softmax": {"BLOCK_SIZE": 1024, "ROWS_PER_PROGRAM": 1, "NUM_WARPS": 2},
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from optimize_tuner import WEAK as TUNER_WEAK  # noqa: E402  (the weak starting configs)
+
+WEAK = {op: TUNER_WEAK[op] for op in ("rmsnorm", "softmax")}
+
 
 
 class EvaluationClock:
@@ -135,23 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = sandbox.resolve_device(args.device)
     report: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
-        "visible_gpus": visible_gpus() if device == "cuda" else [],
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "triton": __import__("triton").__version__, "cuda": str(torch.version.cuda)},
-        **describe(),
+        **run_record(device), "visible_gpus": visible_gpus() if device == "cuda" else [],
         "settings": {"op": args.op, "max_experiments": args.max_experiments, "repeats": args.repeats,
                      "minutes_per_run": args.minutes_per_run},
     }
-    print(f"command:  {report['command']}")
-    print(f"date:     {report['date']}")
-    print(f"device:   {report['device']} (pool of one: GPU {(report['visible_gpus'] or ['-'])[0]})")
-    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
-    print(f"versions: {versions}; autokernel-ci {report['commit']} (source {report['source_digest']})")
-    if device == "cpu":
-        print("NOTE: no GPU: interpreter timings, only the mechanics are shown")
+    print_record(report, f" (pool of one: GPU {(report['visible_gpus'] or ['-'])[0]})")
     order = ["ABBA"[i % 4] for i in range(2 * args.repeats)]
     runs = []
     with tempfile.TemporaryDirectory(prefix="autokernel-pool-") as tmp:
@@ -185,11 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nexperiments/hour: no pool {a or 0:.0f}, pool of one {b or 0:.0f} "
           f"(ratio {summary['ratio_pool_vs_no_pool'] or 0:.3f}); the pool's own cost per evaluation: "
           f"{(summary['pool_overhead_s_median'] or 0) * 1e3:.2f} ms")
-    out = args.json or (Path(os.environ["OUT"]) / "pool_overhead.json" if os.environ.get("OUT") else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1, default=str))
-        print(f"wrote {out}")
+    write_record(report, args.json or (Path(os.environ["OUT"]) / "pool_overhead.json" if os.environ.get("OUT")
+                                       else None))
     return 0
 
 

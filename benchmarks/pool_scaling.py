@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import shutil
 import subprocess
 import sys
@@ -36,12 +34,13 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
+
+from autokernel_ci.provenance import print_record, run_record, write_record  # noqa: E402
 
 OPS = ("rmsnorm", "softmax", "cross_entropy", "matmul")
 
@@ -180,32 +179,18 @@ def run_op(op: str, workers: int, max_experiments: int, minutes: float, device: 
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
     from autokernel_ci.harness import sandbox
     from autokernel_ci.pool import visible_gpus
-    from autokernel_ci.provenance import describe
 
     device = sandbox.resolve_device(args.device)
     gpus = visible_gpus() if device == "cuda" else []
     if device == "cuda" and args.workers > len(gpus):
         raise SystemExit(f"--workers {args.workers}: only {len(gpus)} GPU(s) visible")
     report: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
-        "visible_gpus": gpus, "workers": args.workers,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "triton": __import__("triton").__version__, "cuda": str(torch.version.cuda)},
-        **describe(),
+        **run_record(device), "visible_gpus": gpus, "workers": args.workers,
         "settings": {"ops": args.ops, "max_experiments": args.max_experiments, "minutes_per_op": args.minutes_per_op},
     }
-    print(f"command:  {report['command']}\ndate:     {report['date']}")
-    print(f"device:   {report['device']} × {len(gpus)} visible; {args.workers} worker(s)")
-    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
-    print(f"versions: {versions}; autokernel-ci {report['commit']} (source {report['source_digest']})")
-    if device == "cpu":
-        print("NOTE: no GPU: interpreter timings, only the mechanics are shown")
+    print_record(report, f" × {len(gpus)} visible; {args.workers} worker(s)")
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     with tempfile.TemporaryDirectory(prefix="autokernel-scaling-") as tmp:
         os.environ["TRITON_CACHE_DIR"] = str(Path(tmp) / "triton")  # cold: nothing compiled by an earlier run
@@ -215,9 +200,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"\n{op}:", flush=True)
                 entry = run_op(op, args.workers, args.max_experiments, args.minutes_per_op, device, Path(tmp), sampler)
                 report["ops"].append(entry)
-                if args.out is not None:  # after every op: a run cut short still leaves what it measured
-                    args.out.parent.mkdir(parents=True, exist_ok=True)
-                    args.out.write_text(json.dumps(report, indent=1, default=str))
+                write_record(report, args.out)  # after every op: a run cut short still leaves what it measured
                 print(f"  {entry['experiments']} experiments in {entry['experiment_s']:.1f} s = "
                       f"{entry['experiments_per_hour'] or 0:.0f}/hour; setup {entry['setup_s']:.1f} s; "
                       f"GPU util {entry['gpu_util_experiments']}; speedup {entry['speedup_vs_weak_start'] or 0:.2f}x; "
@@ -315,11 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or (Path(os.environ["OUT"]) / f"pool_scaling_w{args.workers}.json" if os.environ.get("OUT")
                         else None)
     args.out = out
-    report = measure(args)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1, default=str))
-        print(f"wrote {out}")
+    write_record(measure(args), out)
     return 0
 
 

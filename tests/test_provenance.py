@@ -37,3 +37,17 @@ def test_the_commit_is_marked_dirty_when_tracked_files_differ(tmp_path: Path):
     assert git_commit(tmp_path) == clean + "+dirty"
     assert git_commit(tmp_path / "nowhere") == "unknown"
     assert set(describe()) == {"commit", "source_digest"}
+
+
+def test_a_benchmark_record_names_the_code_and_is_written_only_where_asked(tmp_path: Path, capsys):
+    from autokernel_ci.provenance import print_record, run_record, write_record
+
+    record = run_record("cpu")
+    assert {"command", "date", "device", "versions", "commit", "source_digest"} <= set(record)
+    print_record(record, " (note)")
+    out = capsys.readouterr().out
+    assert f"(source {record['source_digest']})" in out and "(note)" in out and "NOTE: no GPU" in out
+    write_record(record, None)
+    assert not list(tmp_path.iterdir())
+    write_record(record, tmp_path / "sub" / "r.json")
+    assert (tmp_path / "sub" / "r.json").read_text().count(record["source_digest"]) == 1

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from autokernel_ci.errors import AutokernelError
 
@@ -31,6 +32,18 @@ def write_text(path: str | Path, text: str) -> None:
         target.write_text(text)
     except OSError as exc:
         raise AutokernelError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in `path`, None when there is no such file; one clear error when it cannot be read."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise AutokernelError(f"cannot read {path}: {exc}") from None
 
 
 def progress_printer(label: str) -> Callable[[int, int], None] | None:

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autokernel_ci.commands import write_text
+from autokernel_ci.commands import read_json, write_text
 from autokernel_ci.errors import AutokernelError, GitError
 
 if TYPE_CHECKING:
@@ -143,8 +143,8 @@ def find_shards(paths: list[Path]) -> list[ShardResults]:
         rows = ResultsLog(folder).rows()
         if not rows:
             raise AutokernelError(f"{folder / 'results.jsonl'} holds no experiments")
-        shards.append(ShardResults(folder, rows, _read_json(folder / "best.json") or {},
-                                   _read_json(folder / SHARD_FILE) or {}))
+        shards.append(ShardResults(folder, rows, read_json(folder / "best.json") or {},
+                                   read_json(folder / SHARD_FILE) or {}))
     seen: dict[str, Path] = {}
     for shard in shards:
         for task in shard.tasks:
@@ -153,15 +153,6 @@ def find_shards(paths: list[Path]) -> list[ShardResults]:
                                       "each task belongs to one shard: plan the matrix with `autokernel-ci plan`")
             seen[task] = shard.path
     return shards
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise AutokernelError(f"cannot read {path}: {exc}") from None
 
 
 # -- merging --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autokernel_ci.commands import write_text
+from autokernel_ci.commands import at_least_one, write_text
 from autokernel_ci.errors import AutokernelError
 
 
@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "Each shard job runs `autokernel-ci optimize --shard I --shards N`, which computes "
                                    "the same split; `autokernel-ci merge` combines their results into one pull "
                                    "request. Shards left without a task are left out of the matrix.")
-    p.add_argument("--shards", type=_count, required=True, metavar="N", help="how many shard jobs")
+    p.add_argument("--shards", type=at_least_one, required=True, metavar="N", help="how many shard jobs")
     p.add_argument("--task", action="append", metavar="NAME",
                    help="a kernel named in .autokernel.yml (repeatable; default: all of them)")
     p.add_argument("--weights", metavar="FILE",
@@ -46,16 +46,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="OUT", help="also write the plan (shards, weights, their source) here")
     p.add_argument("--config", metavar="FILE", help="config file (default: ./.autokernel.yml)")
     p.set_defaults(handler=run)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of shards, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 shard, got {text!r}")
-    return value
 
 
 @dataclass

@@ -18,7 +18,6 @@ body and what would happen, and needs neither a token nor network; it writes not
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autokernel_ci.commands import read_json
 from autokernel_ci.errors import AutokernelError, GitError
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def load_run(out_dir: Path) -> list[LoopResult]:
     if not rows:
         raise AutokernelError(f"{out_dir} holds no experiments ({log.jsonl.name} is missing or empty); is it the "
                               "output folder of `autokernel-ci optimize`?")
-    best = _read_json(out_dir / "best.json") or {}
+    best = read_json(out_dir / "best.json") or {}
     results = []
     for task in dict.fromkeys(r.task for r in rows):
         task_rows = [r for r in rows if r.task == task]
@@ -224,15 +224,6 @@ def load_run(out_dir: Path) -> list[LoopResult]:
     return results
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise AutokernelError(f"cannot read {path}: {exc}") from None
-
-
 def _eval_result(data: Any):
     from autokernel_ci.results import EvalResult
 
@@ -244,7 +235,7 @@ def _eval_result(data: Any):
 
 def _experiment_result(out_dir: Path, task: str, n: int):
     """The full gate's EvalResult of experiment `n` (None when it was not gated or the file is gone)."""
-    data = _read_json(out_dir / "experiments" / task / f"{n:04d}.json")
+    data = read_json(out_dir / "experiments" / task / f"{n:04d}.json")
     return _eval_result(data.get("gate")) if isinstance(data, dict) else None
 
 
@@ -256,13 +247,13 @@ def end_to_end(out_dir: Path, results: list[LoopResult]) -> EndToEnd | None:
     shares in DIR/plan.json (written by `optimize --model`). Else None."""
     from autokernel_ci.report.pr_body import EndToEnd
 
-    verify = _read_json(out_dir / "verify.json")
+    verify = read_json(out_dir / "verify.json")
     for item in verify if isinstance(verify, list) else [verify] if isinstance(verify, dict) else []:
         speedup = (item.get("speedups") or {}).get("patched vs eager") if isinstance(item, dict) else None
         if speedup:
             return EndToEnd(float(speedup), True, f"`autokernel-ci verify`: {item.get('model', 'the model')} with "
                                                   f"the kernels swapped in vs eager, on {item.get('device', '?')}")
-    plan = _read_json(out_dir / "plan.json")
+    plan = read_json(out_dir / "plan.json")
     if not isinstance(plan, dict):
         return None
     shares = {e.get("builtin"): float(e.get("share") or 0.0) for e in plan.get("entries", []) if isinstance(e, dict)}

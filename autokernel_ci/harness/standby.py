@@ -1,7 +1,8 @@
 """Worker processes started ahead of time: the next evaluation finds Python, torch and Triton imported.
 
 A worker spends seconds before it runs a single case: the interpreter starts, torch and Triton
-import (measured on an H100 runner: 1.2 s of start and exit, 2–5 s of imports, of a 6.7 s screen).
+import (on an H100 runner, before bytecode was cached: 1.2 s of start and exit and 4.8–6.1 s of
+imports a screen evaluation; benchmarks/RESULTS.md, run 5; not yet measured with the cache).
 The loop evaluates one candidate after another, so `take(env)` hands the request to a process that
 was started with the same environment during the previous evaluation and has done that part
 already, and starts the next one. Each process still serves exactly one request: it imported only
@@ -35,28 +36,23 @@ MAX_PROCESSES = 16
 
 
 @dataclass
-class Handed:
-    """A standby process that took a request: the caller waits on `proc` and removes `home` after."""
+class Standby:
+    """A standby process and its working folder until a request comes (then the request's folder). Once
+    `take` hands it a request, the caller waits on `proc` and removes `home` after."""
 
     proc: subprocess.Popen
     home: Path
 
 
-@dataclass
-class _Process:
-    proc: subprocess.Popen
-    home: Path  # its working folder until the request comes (then the request's folder)
-
-
 _lock = threading.Lock()
-_waiting: OrderedDict[str, _Process] = OrderedDict()
+_waiting: OrderedDict[str, Standby] = OrderedDict()
 
 
 def enabled(env: dict[str, str] | None = None) -> bool:
     return (os.environ if env is None else env).get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def take(env: dict[str, str], request_path: Path) -> Handed | None:
+def take(env: dict[str, str], request_path: Path) -> Standby | None:
     """Hand `request_path` to the standby process started with exactly `env`, if one is alive, and start
     the next one for `env`. None when there was none: the caller starts a worker itself."""
     key = _key(env)
@@ -75,7 +71,7 @@ def take(env: dict[str, str], request_path: Path) -> Handed | None:
     except OSError:
         _discard(ready)
         return None
-    return Handed(ready.proc, ready.home)
+    return ready
 
 
 def shutdown(grace_s: float = 2.0) -> None:
@@ -109,13 +105,13 @@ def _start(key: str, env: dict[str, str]) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "autokernel_ci.harness.worker", "--standby"],
                                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home,
                                 start_new_session=True)
-    _waiting[key] = _Process(proc, home)
+    _waiting[key] = Standby(proc, home)
     while len(_waiting) > MAX_PROCESSES:
         _, oldest = _waiting.popitem(last=False)
         threading.Thread(target=_discard, args=(oldest,), daemon=True).start()
 
 
-def _discard(process: _Process | Handed) -> None:
+def _discard(process: Standby) -> None:
     _close_stdin(process.proc)  # EOF: a waiting process exits on its own
     try:
         process.proc.wait(timeout=2)
