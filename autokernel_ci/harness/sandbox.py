@@ -80,7 +80,8 @@ def child_environment(env: Mapping[str, str] | None = None, device: str = "cpu")
     # Bytecode goes to a cache of ours, never beside the sources: not into the user's repository or a
     # candidate's folder, and not skipped either, since a worker that compiles torch's modules from
     # source on a machine without .pyc files (a --no-compile install, PYTHONDONTWRITEBYTECODE in a
-    # container) spends ~6 s on it every evaluation (measured on an H100 runner: 6.2 s of 12.6 s).
+    # container) spends ~6 s on it every evaluation (on an H100 runner: 6.2 s of a worker's 11.9 s;
+    # benchmarks/RESULTS.md, run 5).
     # Candidates are always compiled from source (tasks.load_module_from_path).
     clean.pop("PYTHONDONTWRITEBYTECODE", None)
     clean.setdefault("PYTHONPYCACHEPREFIX", str(_pycache_dir(env)))
