@@ -68,4 +68,11 @@ def test_a_candidate_file_is_inspected_and_bad_input_is_one_line(tmp_path: Path)
     assert done.returncode == 0 and summaries[0]["kernel"] == "_rope_fwd_kernel", done.stderr[-2000:]
     bad, _ = inspect(tmp_path, "--op", "rope", "--shape", "rows=4")
     assert bad.returncode == 2 and "--shape must name B, H, S, D" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    missing, _ = inspect(tmp_path, "--op", "rope", "--candidate", str(tmp_path / "nope.py"))
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    broken = tmp_path / "broken.py"
+    broken.write_text("import triton\nimport triton.language as tl\n\n@triton.jit\ndef k(X):\n"
+                      "    tl.store(X, undefined_name)\n\ndef kernel_fn(x, cos, sin):\n    k[(1,)](x)\n    return x\n")
+    failed, _ = inspect(tmp_path, "--op", "rope", "--candidate", str(broken), "--shape", "B=1,H=1,S=1,D=2")
+    assert failed.returncode == 1 and "could not be compiled for sm_90a" in failed.stderr
+    assert all("Traceback" not in r.stderr for r in (bad, missing, failed))

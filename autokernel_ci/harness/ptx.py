@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autokernel_ci.errors import AutokernelError
+
 TARGET = ("cuda", 90, 32)  # an H100: sm_90a, warps of 32
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64", "int64": "i64",
            "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1"}
@@ -175,6 +177,8 @@ def inspect_source(path: str | Path, args: tuple[Any, ...], entry: str = "kernel
     from autokernel_ci.tasks import load_module_from_path
 
     module = load_module_from_path(Path(path), name=f"_autokernel_ptx_{abs(hash(str(path)))}")
+    if not callable(getattr(module, entry, None)):
+        raise AutokernelError(f"{path} defines no callable {entry}")
     launches = capture_launches(getattr(module, entry), args)
     return [summarize(compile_launch(launch), launch.name, launch.num_warps) for launch in launches]
 
@@ -219,7 +223,19 @@ def main(argv: list[str] | None = None) -> int:
         if path is None:
             path = Path(tmp) / f"{args.op}.py"
             path.write_text(starter_source(args.op))
-        summaries = inspect_source(path, tuple(inputs))
+        try:
+            summaries = inspect_source(path, tuple(inputs))
+        except AutokernelError as exc:  # a file that is missing, does not import, or has no kernel_fn
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # noqa: BLE001 - the candidate's own failure (a compile error, a bad launch)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(f"error: {path} could not be compiled for sm_90a: {type(exc).__name__}: {first}"[:500],
+                  file=sys.stderr)
+            return 1
+    if not summaries:
+        print(f"error: {path}'s kernel_fn launched no Triton kernel", file=sys.stderr)
+        return 1
     print(f"{args.op} {'×'.join(str(v) for v in shape.values())} {args.dtype}, "
           f"{args.candidate or 'starter kernel'}, compiled for sm_90a:")
     for s in summaries:
