@@ -122,11 +122,12 @@ def _add_rmsnorm_fwd_kernel(
         mask = row_mask & col_mask[None, :]
         x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         r = tl.load(r_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        # The weight is read with x and r, not after the reduction, so its latency overlaps theirs.
+        w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         h = (x + r).to(H_ptr.dtype.element_ty)
         tl.store(h_rows + cols[None, :], h, mask=mask)
         h = h.to(tl.float32)
         rstd = tl.rsqrt(tl.sum(h * h, axis=1) / n_cols + eps)
-        w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         y = h * rstd[:, None] * w[None, :]
         tl.store(y_rows + cols[None, :], y.to(Y_ptr.dtype.element_ty), mask=mask)
     else:

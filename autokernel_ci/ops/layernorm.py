@@ -117,12 +117,15 @@ def _layernorm_fwd_kernel(
         col_mask = cols < n_cols
         mask = row_mask & col_mask[None, :]
         x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        # Weight and bias are read before the two reductions, not after them, so their memory latency
+        # overlaps x's instead of following the reductions' barriers: at decode shapes (1-16 rows,
+        # ~6 µs) that wait is a tenth of the kernel.
+        w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        b = tl.load(B_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         d = tl.where(mask, x - shift, 0.0)
         mean_d = tl.sum(d, axis=1) / n_cols
         centred = tl.where(mask, d - mean_d[:, None], 0.0)
         rstd = tl.rsqrt(tl.sum(centred * centred, axis=1) / n_cols + eps)
-        w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-        b = tl.load(B_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         y = centred * rstd[:, None] * w[None, :] + b[None, :]
         tl.store(y_rows + cols[None, :], y.to(Y_ptr.dtype.element_ty), mask=mask)
     else:
