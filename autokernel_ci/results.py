@@ -79,6 +79,7 @@ class ShapeTiming:
     sync_us: float | None = None  # per call, wall clock between whole-device synchronizes
     batch_events_us: float | None = None  # per call, the stream's events around the same batch
     representative: bool = False  # False off-GPU: the numbers prove nothing about GPU speed
+    late_launches: int = 0  # repetitions whose call may have been queued after the GPU went idle
 
 
 @dataclass

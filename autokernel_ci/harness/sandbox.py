@@ -334,7 +334,8 @@ def _shape_timing(task: KernelTask, raw: dict[str, Any], ceilings: Any):
                        iqr_us=raw["iqr_us"], count=raw["count"], samples_us=list(raw["samples_us"]),
                        bytes_moved=nbytes, flops=nflops, pct_roofline=pct, roofline_source=source,
                        sync_us=raw.get("sync_us"), batch_events_us=raw.get("batch_events_us"),
-                       representative=bool(raw.get("representative")))
+                       representative=bool(raw.get("representative")),
+                       late_launches=int(raw.get("late_launches") or 0))
 
 
 def _shape_key(shape: dict[str, int], dtype: str) -> str:
