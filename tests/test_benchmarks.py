@@ -67,3 +67,20 @@ def test_eval_profile_reports_the_workers_phases(tmp_path: Path):
     (run,) = json.loads((tmp_path / "out" / "eval_profile.json").read_text())["runs"]
     assert run["status"] == "PASS" and {"imports", "cases", "timing"} <= set(run["phases_s"])
     assert list((tmp_path / "out" / "prof0").glob("worker-*.prof"))
+
+
+def test_knob_sweep_times_each_point_and_never_picks_one_that_fails(tmp_path: Path):
+    best = tmp_path / "best.py"
+    done = script("knob_sweep.py", "--device", "cpu", "--op", "cross_entropy", "--shape", "T=4,V=300",
+                  "--grid", "BLOCK_SIZE=3,128", "--grid", "NUM_WARPS=4", "--copy-reference",
+                  "--write-best", str(best), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip().startswith("BLOCK_SIZE=")}
+    assert "PASS" not in lines["BLOCK_SIZE=3,"] and "PASS" in lines["BLOCK_SIZE=128,"]
+    assert "BLOCK_SIZE = 128" in best.read_text() and "a plain copy of the same" in done.stdout
+
+
+def test_knob_sweep_names_an_unknown_knob_in_one_line(tmp_path: Path):
+    done = script("knob_sweep.py", "--device", "cpu", "--op", "rmsnorm", "--shape", "rows=2,dim=64",
+                  "--grid", "NO_SUCH_KNOB=1", tmp_path=tmp_path)
+    assert done.returncode != 0 and "NO_SUCH_KNOB" in done.stderr and "Traceback" not in done.stderr
