@@ -1,4 +1,10 @@
-"""Runs the kernel on a side CUDA stream, so the default stream that the timer watches sees no work."""
+"""Runs the kernel on a side CUDA stream, so the default stream that the timer watches sees no work.
+
+The side stream first waits for the caller's stream (where the inputs were written and the output was
+allocated and, in the gate, filled with NaN), so the result is right once the device is synchronised:
+the cheat passes correctness and only the timing checks can catch it. Without that wait the kernel
+raced the NaN fill and the gate failed it as wrong instead (H100, benchmarks/RESULTS.md, run 8).
+"""
 
 import torch
 import triton
@@ -23,6 +29,8 @@ def kernel_fn(x):
         _side_stream = torch.cuda.Stream()
     x2 = x.contiguous().view(-1, x.shape[-1])
     y2 = torch.empty_like(x2)
+    if x.is_cuda:
+        _side_stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(_side_stream):
         _softmax_rows[(x2.shape[0],)](x2, y2, x2.shape[1], BLOCK=triton.next_power_of_2(x2.shape[1]))
     return y2.view(x.shape)
