@@ -10,7 +10,7 @@ import torch
 
 from autokernel_ci import stats
 from autokernel_ci.errors import HarnessError
-from autokernel_ci.harness.timing import ABTimer, TimingSamples, interleaved_ab, late_launches, time_fn
+from autokernel_ci.harness.timing import ABTimer, TimingSamples, interleaved_ab, time_fn
 from autokernel_ci.results import EvalResult, ShapeTiming, Status
 
 FAST = dict(warmup_ms=1, rep_ms=2, device="cpu")
@@ -125,16 +125,9 @@ def test_hidden_work_ratio_compares_wall_clock_with_events():
     assert timing.hidden_work_ratio == 10.0
 
 
-def test_a_call_queued_after_the_gaps_gpu_time_counts_as_late():
-    # 100 µs of GPU work in front of each call: a call queued within it is timed from its kernel on;
-    # one the CPU took 150 µs to queue may have left the GPU idle, and its events may hold that wait.
-    assert late_launches([20.0, 99.0, 100.0, 150.0, 400.0], gap_us=100.0) == 2
-    assert late_launches([], gap_us=100.0) == 0
-
-
 def test_late_launches_travel_into_the_eval_results_json():
     timing = TimingSamples.from_samples([5.0, 6.0], representative=True, method="cuda-events", l2_flushed=True,
-                                        warmup_calls=1, late_launches=1, gap_fill_us=130.0)
+                                        warmup_calls=1, late_launches=1)
     shape_timing = timing.to_shape_timing({"rows": 1}, "bf16")
     result = EvalResult(Status.PASS, "rmsnorm", "c.py", timings=[shape_timing])
     assert EvalResult.from_json(result.to_json()).timings[0].late_launches == 1
@@ -144,9 +137,10 @@ def test_late_launches_travel_into_the_eval_results_json():
 
 
 @pytest.mark.gpu
-def test_gpu_a_slow_launcher_gets_a_longer_gap_instead_of_timing_its_launch():
+def test_gpu_a_launcher_slower_than_the_gap_is_counted_late():
     # A small kernel behind 300 µs of host work a call (a launcher doing checks, a busy CPU): longer
-    # than the usual ~135 µs gap, so without a longer gap the events would time the host's 300 µs.
+    # than the ~135 µs of GPU work in front of each call, so the GPU waits inside the interval; the
+    # harness cannot prevent that, but it must say so.
     x = torch.randn(4096, device="cuda")
     out = torch.empty_like(x)
     quick = time_fn(lambda: torch.add(x, 1.0, out=out), min_reps=40, max_reps=40)
@@ -158,9 +152,8 @@ def test_gpu_a_slow_launcher_gets_a_longer_gap_instead_of_timing_its_launch():
         torch.add(x, 1.0, out=out)
 
     slow = time_fn(slow_launcher, min_reps=40, max_reps=40)
-    assert quick.late_launches <= 2 and slow.late_launches <= 2, (quick, slow)
-    assert slow.gap_fill_us > 300 > quick.gap_fill_us
-    assert slow.median_us < quick.median_us + 20, (slow.median_us, quick.median_us)
+    assert quick.late_launches <= 2 and slow.late_launches >= 36, (quick.late_launches, slow.late_launches)
+    assert slow.median_us > quick.median_us + 50, (slow.median_us, quick.median_us)
 
 
 @pytest.mark.gpu

@@ -10,10 +10,9 @@ On a GPU (`time_fn`):
    repetition warmed. Input sets rotate from one repetition to the next for the same reason. That
    work also keeps the GPU busy while the CPU queues the call, so the events time the kernel, not
    the launch latency in front of it; without the flush a short spin kernel does the same. Whether
-   that held is checked each repetition: the CPU time from queueing the gap's work to the call's
-   return must be shorter than the gap's GPU time. When more than one repetition in twenty was
-   queued late (a slow Python launcher, a busy CPU), the gap is doubled and the block timed again,
-   up to 16 times the usual gap; `late_launches` says how many repetitions stayed late.
+   that held is checked each repetition: when the call returns (its kernels all queued), the start
+   event must not have run yet. If it has, the GPU may have waited for the CPU inside the interval
+   (a slow launcher, a busy CPU): counted in `late_launches`, never hidden.
 4. Optionally each input set's call is captured in a CUDA graph and replayed: for kernels so short
    that launch overhead, not the kernel, would otherwise be measured.
 5. A cross-check: a batch of back-to-back calls timed twice, by events on the current stream and by
@@ -55,10 +54,6 @@ _SYNC_BATCH_MS = 25.0
 _MIN_SYNC_CALLS = 5
 # GPU clock cycles to spin before each repetition when L2 is not flushed: some 25-50 µs.
 _GAP_FILL_CYCLES = 200_000  # ~100 µs at 2 GHz: longer than a Python launcher takes
-# A block is timed again with a doubled gap when more than 1 in _LATE_SHARE calls were queued late;
-# the gap grows to at most _MAX_GAP_FACTOR times the usual one.
-_LATE_SHARE = 20
-_MAX_GAP_FACTOR = 16
 
 Call = Callable[[], Any]
 
@@ -80,10 +75,9 @@ class TimingSamples:
     sync_calls: int = 0
     rounds: int = 1
     device: str = ""
-    # Repetitions whose call the CPU may have queued only after the GPU had run out of work in front
-    # of it (so the events may hold launch latency), and the GPU time of that work (see _CudaBackend).
+    # Repetitions whose call the CPU finished queueing only after the GPU had reached the start event,
+    # so the interval may hold launch latency (see _CudaBackend.sample_us).
     late_launches: int = 0
-    gap_fill_us: float | None = None
 
     @classmethod
     def from_samples(cls, samples_us: Sequence[float], **meta: Any) -> TimingSamples:
@@ -157,7 +151,6 @@ def time_fn(
         sync_calls=n_sync,
         device=backend.name,
         late_launches=getattr(backend, "late_launches", 0),
-        gap_fill_us=getattr(backend, "gap_us", None),
     )
 
 
@@ -243,7 +236,6 @@ class ABTimer:
                         rounds=self.rounds,
                         device=self._backend.name,
                         late_launches=self._late[side],
-                        gap_fill_us=getattr(self._backend, "gap_us", None),
                     )
                 )
         return out[0], out[1]
@@ -368,8 +360,6 @@ class _CudaBackend:
             self._flush_buffer = _l2_flush_buffer(torch) if flush_l2 else None
         self.flushes = self._flush_buffer is not None
         self._sleep = getattr(torch.cuda, "_sleep", None)
-        self.gap_cycles = _GAP_FILL_CYCLES
-        self.gap_us: float | None = None  # GPU time of the flush and spin in front of each call
         self.late_launches = 0  # in the last block sampled
 
     def context(self) -> contextlib.AbstractContextManager[Any]:
@@ -401,56 +391,30 @@ class _CudaBackend:
         end.synchronize()
         return max(start.elapsed_time(end) / 5, _MIN_ESTIMATE_MS)
 
-    def _fill_gap(self) -> None:
-        if self._flush_buffer is not None:
-            self._flush_buffer.zero_()
-        if self._sleep is not None:
-            self._sleep(self.gap_cycles)
-
-    def _measure_gap_us(self) -> float:
-        """The GPU time of one gap's work (flush and spin), the shortest of three."""
-        times = []
-        for _ in range(3):
-            start, end = self._event(), self._event()
-            start.record()
-            self._fill_gap()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3)
-        return min(times)
-
     def sample_us(self, calls: list[Call], n: int) -> list[float]:
-        """n repetitions, each behind a gap of GPU work; the gap grows while too many calls are queued late."""
-        while True:
-            if self.gap_us is None:
-                self.gap_us = self._measure_gap_us()
-            samples, host_us = self._sample_once(calls, n)
-            self.late_launches = late_launches(host_us, self.gap_us)
-            if self.late_launches <= n // _LATE_SHARE or self._sleep is None \
-                    or self.gap_cycles >= _MAX_GAP_FACTOR * _GAP_FILL_CYCLES:
-                return samples
-            self.gap_cycles *= 2
-            self.gap_us = None
-
-    def _sample_once(self, calls: list[Call], n: int) -> tuple[list[float], list[float]]:
         starts = [self._event() for _ in range(n)]
         ends = [self._event() for _ in range(n)]
-        host_us = []
-        clock = time.perf_counter
+        late = 0
         for call, start, end in zip(_cycle(calls, n), starts, ends):
             # Keep the GPU busy while the CPU queues the start event and the call, so the interval
             # holds the kernel and not the launch latency before it. The flush alone is not enough:
             # zeroing 100 MB takes ~35 µs on an H100, less than a Python launcher with a few checks
             # takes to queue a Triton kernel, and then the events time the launch (measured: A/A
             # noise of 30-57% on a 94 µs RMSNorm with the flush alone, 0.04% on torch.add).
-            self._fill_gap()
-            queued = clock()
+            if self._flush_buffer is not None:
+                self._flush_buffer.zero_()
+            if self._sleep is not None:
+                self._sleep(_GAP_FILL_CYCLES)
             start.record()
             call()
+            # Every kernel of the call is queued now. A start event already run means the gap ran
+            # out first, and the GPU may have idled inside the interval. (A CPU that runs ahead and
+            # blocks on a full launch queue leaves the GPU backlogged: the start event has not run.)
+            late += bool(start.query())
             end.record()
-            host_us.append((clock() - queued) * 1e6)
         self._torch.cuda.synchronize()
-        return [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)], host_us
+        self.late_launches = late
+        return [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
 
     def cross_check(self, calls: list[Call], n: int) -> tuple[float, float | None]:
         torch = self._torch
@@ -463,17 +427,6 @@ class _CudaBackend:
         torch.cuda.synchronize()
         wall = time.perf_counter() - wall_start
         return wall * 1e6 / n, start.elapsed_time(end) * 1e3 / n
-
-
-def late_launches(host_us: Sequence[float], gap_us: float) -> int:
-    """Repetitions whose call may have reached the GPU after the gap's work ran out.
-
-    `host_us[i]`: CPU time from queueing repetition i's gap work to its call's return (by then the
-    call's kernels are queued). The GPU starts that work no earlier than it is queued, so a call
-    queued within `gap_us` of it finds the GPU still busy, and its start event waits on the kernel
-    rather than the other way round. Longer than that, it may not have: counted late.
-    """
-    return sum(1 for h in host_us if h > gap_us)
 
 
 def l2_flush_bytes(device: Any = None) -> int:

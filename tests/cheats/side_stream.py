@@ -1,10 +1,9 @@
-"""Runs the kernel on a side CUDA stream, so the default stream that the timer watches sees no work.
+"""Runs the kernel on a side CUDA stream, so the default stream that the timer watches sees no work."""
 
-The side stream first waits for the caller's stream (where the inputs were written and the output was
-allocated and, in the gate, filled with NaN), so the result is right once the device is synchronised:
-the cheat passes correctness and only the timing checks can catch it. Without that wait the kernel
-raced the NaN fill and the gate failed it as wrong instead (H100, benchmarks/RESULTS.md, run 8).
-"""
+# The side stream first waits for the caller's stream (where the inputs were written and the output
+# was allocated and, in the gate, filled with NaN), so the result is right once the device is
+# synchronised: the cheat passes correctness and only the timing checks can catch it. Without that
+# wait the kernel raced the NaN fill and the gate failed it as wrong instead (H100, RESULTS.md, run 8).
 
 import torch
 import triton
