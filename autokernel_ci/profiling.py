@@ -317,7 +317,8 @@ def profile_model(target: ModelTarget, *, device: Any = None, steps: int = 3, wa
     records = op_records(prof.events(), gpu=on_gpu)
     if not records:
         raise AutokernelError(f"the profiler recorded no operators in the forward of {target.name!r}")
-    plan = build_plan(records, steps=steps, ceilings=ceilings, time_kind="gpu" if on_gpu else "cpu")
+    plan = build_plan(records, steps=steps, ceilings=ceilings, time_kind="gpu" if on_gpu else "cpu",
+                      model_dtype=target.dtype)
     plan.model, plan.device, plan.dtype, plan.warmup = target.name, info.label, target.dtype, warmed
     plan.factory, plan.factory_kwargs = target.factory, dict(factory_kwargs or {})
     plan.inputs = [_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()]
@@ -568,8 +569,11 @@ def collapse_path(path: str) -> str:
     return ".".join("*" if part.isdigit() else part for part in path.split(".")) if path else "(model)"
 
 
-def build_plan(records: list[OpRecord], *, steps: int, ceilings: Any, time_kind: str) -> Plan:
-    """Group records into families and modules, per forward; the model's name and device are filled in later."""
+def build_plan(records: list[OpRecord], *, steps: int, ceilings: Any, time_kind: str,
+               model_dtype: str | None = None) -> Plan:
+    """Group records into families and modules, per forward; the model's name and device are filled in later.
+
+    `model_dtype` ("bf16", …) is the dtype of a record that names none and has no module that does."""
     classified = classify(records)
     total = sum(r.time_us for r in records) / steps
     groups: dict[str, list[tuple[OpRecord, Classified]]] = defaultdict(list)
@@ -577,7 +581,7 @@ def build_plan(records: list[OpRecord], *, steps: int, ceilings: Any, time_kind:
     for c, r in zip(classified, records):
         groups[c.family].append((r, c))
         modules[collapse_path(r.path)][c.family] += r.time_us / steps
-    entries = [_entry(family, members, steps, total, ceilings) for family, members in groups.items()]
+    entries = [_entry(family, members, steps, total, ceilings, model_dtype) for family, members in groups.items()]
     entries.sort(key=lambda e: e.self_time_us, reverse=True)
     module_entries = [
         ModuleEntry(path=path, self_time_us=sum(fams.values()), share=sum(fams.values()) / total if total else 0.0,
@@ -590,14 +594,20 @@ def build_plan(records: list[OpRecord], *, steps: int, ceilings: Any, time_kind:
                 note=CPU_NOTE if time_kind == "cpu" else "GPU time: the kernels each op launched")
 
 
-def _dtype_of(r: OpRecord, unit: ModuleCall | None) -> str:
+def _dtype_of(r: OpRecord, unit: ModuleCall | None, model_dtype: str | None = None) -> str:
+    """The op's unit's input dtype, else the first of the operator's inputs, else that of the innermost
+    module around it, else the model's. Some torch builds record no input dtypes on profiler events:
+    an H100 run (torch 2.11) then took a bf16 model's matmuls for fp32 and put them at 1322% of the
+    fp32 roofline (benchmarks/RESULTS.md, run 8)."""
     if unit is not None and unit.input_dtype in ELEMENT_BYTES:
         return unit.input_dtype
-    return next((d for d in r.input_dtypes if d in ELEMENT_BYTES), "fp32")
+    found = next((d for d in r.input_dtypes if d in ELEMENT_BYTES), None)
+    found = found or next((m.input_dtype for m in r.modules if m.input_dtype in ELEMENT_BYTES), None)
+    return found or (model_dtype if model_dtype in ELEMENT_BYTES else "fp32")
 
 
 def _entry(family: str, members: list[tuple[OpRecord, Classified]], steps: int, total: float,
-           ceilings: Any) -> PlanEntry:
+           ceilings: Any, model_dtype: str | None = None) -> PlanEntry:
     from autokernel_ci.harness.device import pct_of_roofline
 
     builtin = builtin_for(family)
@@ -615,7 +625,7 @@ def _entry(family: str, members: list[tuple[OpRecord, Classified]], steps: int, 
         elif family == "swiglu" and r.name not in ("silu", "silu_"):
             continue  # the mul of a silu · mul pair
         calls += 1
-        dtype = _dtype_of(r, c.unit)
+        dtype = _dtype_of(r, c.unit, model_dtype)
         dtypes[dtype] += 1
         shape = shape_of(family, r, c.unit)
         if shape is not None:

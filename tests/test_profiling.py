@@ -134,6 +134,24 @@ def test_with_ceilings_the_gap_to_the_roofline_sets_the_expected_speedup() -> No
     assert plan.ceilings_source == "measured"
 
 
+def test_a_record_without_input_dtypes_takes_its_modules_or_the_models_dtype() -> None:
+    # Some torch builds record no input dtypes on profiler events; a bf16 matmul must not be judged
+    # against the fp32 ceiling (it showed as 1322% of roofline on an H100 with torch 2.11).
+    ceilings = Ceilings(device="test", bandwidth_bytes_per_s=3e12, flops_per_s={"bf16": 1e15, "fp32": 5e13},
+                        source="measured")
+    bare = OpRecord(name="linear", time_us=4.0, modules=(), annotation=None,
+                    input_shapes=[[1024, 1024], [1024, 1024]], input_dtypes=[], concrete=[])
+    in_module = OpRecord(name="mm", time_us=4.0, modules=(ModuleCall(2, "proj", "Linear", (1024, 1024), "fp16"),),
+                         annotation=None, input_shapes=[[1024, 1024], [1024, 1024]], input_dtypes=[], concrete=[])
+    plan = build_plan([bare], steps=1, ceilings=ceilings, time_kind="gpu", model_dtype="bf16")
+    entry = plan.entry("matmul")
+    # 2·1024³ flops in 4 µs = 537 TFLOP/s: 54% of the bf16 ceiling, not 1074% of the fp32 one.
+    assert entry.dtype == "bf16" and entry.pct_roofline == pytest.approx(53.7, rel=0.01)
+    assert build_plan([in_module], steps=1, ceilings=ceilings, time_kind="gpu", model_dtype="bf16").entry(
+        "matmul").dtype == "fp16"
+    assert build_plan([bare], steps=1, ceilings=None, time_kind="cpu").entry("matmul").dtype == "fp32"
+
+
 # -- model targets and their errors ------------------------------------------------------------------------
 
 
