@@ -10,7 +10,7 @@ On a GPU (`time_fn`):
    repetition warmed. Input sets rotate from one repetition to the next for the same reason. That
    work also keeps the GPU busy while the CPU queues the call, so the events time the kernel, not
    the launch latency in front of it; without the flush a short spin kernel does the same. Whether
-   that held is checked each repetition: when the call returns (its kernels all queued), the start
+   that held is checked each repetition: once the call and its end event are queued, the start
    event must not have run yet. If it has, the GPU may have waited for the CPU inside the interval
    (a slow launcher, a busy CPU): counted in `late_launches`, never hidden.
 4. Optionally each input set's call is captured in a CUDA graph and replayed: for kernels so short
@@ -407,11 +407,13 @@ class _CudaBackend:
                 self._sleep(_GAP_FILL_CYCLES)
             start.record()
             call()
-            # Every kernel of the call is queued now. A start event already run means the gap ran
-            # out first, and the GPU may have idled inside the interval. (A CPU that runs ahead and
-            # blocks on a full launch queue leaves the GPU backlogged: the start event has not run.)
-            late += bool(start.query())
             end.record()
+            # Every kernel of the call is queued now. A start event already run means the gap may
+            # have run out before the call was queued, and the GPU may have idled inside the
+            # interval. (A CPU that runs ahead and blocks on a full launch queue leaves the GPU
+            # backlogged: the start event has not run.) Asked after the end event is queued, so the
+            # question adds nothing to the timed interval; it may count a call that just made it.
+            late += bool(start.query())
         self._torch.cuda.synchronize()
         self.late_launches = late
         return [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
