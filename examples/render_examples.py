@@ -10,8 +10,9 @@ benchmarks/RESULTS.md, except device_run1.json, which keeps only the device reco
   (`benchmarks/eval_builtins.py`).
 - device_run1.json: the device probe of run 1 (18:41 UTC, `benchmarks/calibrate_check.py`), the
   only record of that day's GPU driver before run 2 (an EvalResult does not record the driver).
-- gate_detection_run3.json: run 3 (19:03 UTC), one full `gate` run over the 7 starter kernels
-  (`benchmarks/gate_detection.py`; head = base + a comment in every kernel file).
+- gate_detection_run8.json: run 8 (23:22 UTC, two H100s), full `gate` runs over the 7 starter
+  kernels with one worker and with a worker per GPU (`benchmarks/gate_detection.py --skip-trials
+  --gate-workers 1,2`; head = base + a comment in every kernel file).
 
 Outputs: examples/pr_body.md and examples/gate_comment.md. Every figure in them comes from those
 files; what the runs did not record is left empty or marked so, and each file's header says which
@@ -95,65 +96,65 @@ Below the line: the body, as sent.
 # -- the gate's sticky comment ------------------------------------------------------------------------
 
 
-def gate_report_run3() -> tuple[GateReport, dict]:
-    """The GateReport of run 3's gate run, as far as its JSON records it.
+def gate_report_run8() -> tuple[GateReport, dict]:
+    """The GateReport of run 8's gate run with two workers (a task per GPU), as far as its JSON records it.
 
-    Recorded per task: verdict, reason, the deciding shape's head/base ratio with its 99 % interval,
-    the A/A noise and the rounds. Not recorded: the samples, the base and head medians and the commit
-    SHAs (the run used a temporary repository), so those cells stay empty and the refs are named
-    instead. The rounds are carried by one measurement record with empty sample lists.
+    Recorded per task: verdict, reason, the GPU it ran on, the deciding head/base ratio with its 99 %
+    interval, the A/A noise and the rounds; per shape, the base and head medians and the rounds. Not
+    recorded: the samples and the commit SHAs (the run used a temporary repository), so the refs are
+    named instead; each shape's rounds are carried by measurement records with empty sample lists.
     """
-    data = load("gate_detection_run3.json")
-    run = data["gate_runs"][0]
+    data = load("gate_detection_run8.json")
+    run = next(r for r in data["gate_runs"] if r.get("workers") == 2)
     threshold = float(data["threshold"])
     verdicts = []
     for v in run["verdicts"]:
         effective = max(threshold, v["noise"])
-        decided = ShapeComparison(shape={}, dtype="", verdict=v["verdict"], reason=v["reason"], ratio=v["ratio"],
-                                  ci_lo=v["ci_lo"], ci_hi=v["ci_hi"], effective_threshold=effective, noise=v["noise"],
-                                  noise_source="measured",
-                                  measurements=[Measurement(decision={}, base_us=[[] for _ in range(v["rounds"])],
-                                                            head_us=[[] for _ in range(v["rounds"])])])
+        # The JSON keeps the interval of the deciding shape only (the task's); the other shapes show none.
+        deciding = min(v["shapes"], key=lambda sh: abs(sh["head_median_us"] / sh["base_median_us"] - v["ratio"]))
+        shapes = [ShapeComparison(shape=dict(sh["shape"]), dtype="bf16", verdict=v["verdict"], reason=v["reason"],
+                                  ratio=sh["head_median_us"] / sh["base_median_us"],
+                                  ci_lo=v["ci_lo"] if sh is deciding else None,
+                                  ci_hi=v["ci_hi"] if sh is deciding else None,
+                                  effective_threshold=effective, noise=v["noise"], noise_source=sh["noise_source"],
+                                  aa_ratios=list(sh["aa_ratios"]), base_median_us=sh["base_median_us"],
+                                  head_median_us=sh["head_median_us"],
+                                  measurements=[Measurement(decision={}, base_us=[[] for _ in range(n)],
+                                                            head_us=[[] for _ in range(n)]) for n in sh["rounds"]])
+                  for sh in v["shapes"]]
         verdicts.append(TaskVerdict(task=v["task"], verdict=v["verdict"], reason=v["reason"],
                                     path=f"kernels/{v['task']}.py", timing_measured=True, ratio=v["ratio"],
                                     ci_lo=v["ci_lo"], ci_hi=v["ci_hi"], threshold=threshold, noise=v["noise"],
-                                    effective_threshold=effective, rounds=v["rounds"], shapes=[decided]))
+                                    effective_threshold=effective, rounds=v["rounds"], shapes=shapes, gpu=v["gpu"]))
     dev = data["device"]
     report = GateReport(base="the 7 starter kernels", base_sha="HEAD~1", head="+ a comment in every kernel file",
                         head_sha="HEAD", device=dev["name"], timings_measured=True, threshold=threshold,
                         verdicts=verdicts, exit_code=run["exit_code"], duration_s=run["wall_s"],
-                        started_at=data["date"],
+                        started_at=data["date"], workers=int(run["workers"]),
                         environment={"driver": dev["driver_version"], "cuda": dev["cuda_version"],
                                      "torch": dev["torch_version"], "triton": dev["triton_version"]})
     return report, data
 
 
 def gate_comment_example() -> str:
-    report, data = gate_report_run3()
+    report, data = gate_report_run8()
     comment = f"{GATE_COMMENT_MARKER}\n{render_markdown(report)}"
     dev = data["device"]
-    noisy = ", ".join(f"{v.noise:.1%} on {v.task}" for v in sorted(report.verdicts, key=lambda v: -v.noise)
-                      if v.noise > 2 * report.threshold)
-    worst = max(report.verdicts, key=lambda v: v.ratio)
-    why = f"{worst.task}'s {(worst.ratio - 1) * 100:+.0f} % on an unchanged kernel passes"
+    one_worker = next(r for r in data["gate_runs"] if r.get("workers") == 1 and r["label"].startswith("cold"))
     header = f"""\
 # Example: the gate's sticky comment on a pull request
 
 Rendered by `python examples/render_examples.py` with `report/gate_md.py`, the renderer `autokernel-ci
-gate` posts with, from a real gate run: run 3 of `benchmarks/RESULTS.md`
-(`examples/data/gate_detection_run3.json`).
+gate` posts with, from a real gate run: run 8 of `benchmarks/RESULTS.md`
+(`examples/data/gate_detection_run8.json`, the run with two workers).
 
-- When and where: {data['date'][:16].replace('T', ' ')} UTC; {dev['name']}, driver {dev['driver_version']}, \
-torch {dev['torch_version']}, triton {dev['triton_version']}.
+- When and where: {data['date'][:16].replace('T', ' ')} UTC; 2 × {dev['name']} of one host, a task per GPU; \
+driver {dev['driver_version']}, torch {dev['torch_version']}, triton {dev['triton_version']}.
 - Base: the 7 built-in starter kernels in a temporary repository; head: the same files plus a
   comment, so every task is gated and nothing should change.
-
-- Not recorded by the run, so left empty: the base and head medians (µs) and the commit SHAs (the
-  refs `HEAD~1` and `HEAD` stand in).
-- This run predates the timing fix in `benchmarks/RESULTS.md` ("keep the GPU busy past the launch
-  after every L2 flush"). Its A/A noise reached {noisy}, which is why {why}: the
-  threshold follows the measured noise. Run 4, after the fix, measured far lower noise and caught
-  the injected slowdowns (`benchmarks/RESULTS.md`).
+- Wall time {report.duration_s:.1f} s from empty caches (one worker on one GPU: {one_worker['wall_s']:.1f} s).
+- Not recorded by the run, so left empty: the commit SHAs (the refs `HEAD~1` and `HEAD` stand in) and
+  the samples behind each median.
 
 Commit status `{PERF_CONTEXT}`: {"success" if report.passed else "failure"}, "{status_description(report)}".
 
