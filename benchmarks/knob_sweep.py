@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 import tempfile
 from dataclasses import replace
@@ -114,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"knob_sweep: {exc}") from None
             path.write_text(text)
             with_baselines = args.baselines and i == 0 and not timed_on_cpu
+            timing = replace(plan, baselines=("eager", "vendor", "compile")) if with_baselines else plan
             result = evaluate(task, path, device=device, stages=("smoke",), include_bench_shapes=False,
-                              timing=replace(plan, baselines=("eager", "vendor", "compile")) if with_baselines else plan,
-                              standby=True)
+                              timing=timing, standby=True)
             t = result.timings[0] if result.timings else None
             row = {"point": point, "status": result.status.value, "text": text,
                    "median_us": t.median_us if t else None, "pct_roofline": t.pct_roofline if t else None,
