@@ -36,7 +36,7 @@ from autokernel_ci.ops import starter_source  # noqa: E402
 from autokernel_ci.provenance import print_record, run_record, write_record  # noqa: E402
 from autokernel_ci.search import TunerProposer  # noqa: E402
 from autokernel_ci.search.knobs import apply_point  # noqa: E402
-from autokernel_ci.tasks import builtin_task  # noqa: E402
+from autokernel_ci.tasks import KernelTask, builtin_task  # noqa: E402
 
 # Weak but valid starting points: short tiles, few warps, no pipelining; each passes check_config.
 WEAK = {
@@ -45,6 +45,15 @@ WEAK = {
     "cross_entropy": {"BLOCK_SIZE": 1024, "NUM_WARPS": 32, "VOCAB_SPLITS": 1},
     "matmul": {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "NUM_STAGES": 2, "NUM_WARPS": 4},
 }
+
+
+def weak_start(op: str, repo: Path) -> KernelTask:
+    """A git repository at `repo` holding the op's starter kernel at its weak config, committed, and the
+    task that points at it: where every loop benchmark starts."""
+    (repo / "kernels").mkdir(parents=True)
+    (repo / "kernels" / f"{op}.py").write_text(apply_point(starter_source(op), WEAK[op]))
+    init_repository(repo, f"{op} starter kernel with a weak config")
+    return replace(builtin_task(op), path=repo / "kernels" / f"{op}.py", root=repo)
 
 
 class WorkerClock:
@@ -92,10 +101,7 @@ def measure_worker_start() -> float:
 
 def run_op(op: str, minutes: float, max_experiments: int, device: str, work: Path, start_s: float) -> dict[str, Any]:
     repo = work / op
-    (repo / "kernels").mkdir(parents=True)
-    (repo / "kernels" / f"{op}.py").write_text(apply_point(starter_source(op), WEAK[op]))
-    init_repository(repo, f"{op} starter kernel with a weak config")
-    task = replace(builtin_task(op), path=repo / "kernels" / f"{op}.py", root=repo)
+    task = weak_start(op, repo)
 
     def show(p):
         if p.phase == "experiment" and p.last is not None:

@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +35,14 @@ if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in
 
 
 from autokernel_ci.harness import sandbox  # noqa: E402
-from autokernel_ci.loop import LoopSettings, init_repository, run_loop  # noqa: E402
-from autokernel_ci.ops import starter_source  # noqa: E402
+from autokernel_ci.loop import LoopSettings, run_loop  # noqa: E402
 from autokernel_ci.pool import WorkerPool, visible_gpus  # noqa: E402
 from autokernel_ci.provenance import print_record, run_record, write_record  # noqa: E402
 from autokernel_ci.search import TunerProposer  # noqa: E402
-from autokernel_ci.search.knobs import apply_point  # noqa: E402
-from autokernel_ci.tasks import builtin_task  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from optimize_tuner import WEAK as TUNER_WEAK  # noqa: E402  (the weak starting configs)
+from optimize_tuner import weak_start  # noqa: E402
 
 WEAK = {op: TUNER_WEAK[op] for op in ("rmsnorm", "softmax")}
 
@@ -89,10 +86,7 @@ class EvaluationClock:
 def one_run(label: str, op: str, use_pool: bool, max_experiments: int, minutes: float, device: str,
             work: Path) -> dict[str, Any]:
     repo = work / label
-    (repo / "kernels").mkdir(parents=True)
-    (repo / "kernels" / f"{op}.py").write_text(apply_point(starter_source(op), WEAK[op]))
-    init_repository(repo, f"{op} starter kernel with a weak config")
-    task = replace(builtin_task(op), path=repo / "kernels" / f"{op}.py", root=repo)
+    task = weak_start(op, repo)
     pool = None
     if use_pool:
         pool = WorkerPool.cpu(1) if device == "cpu" else WorkerPool(visible_gpus()[:1])

@@ -33,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -127,20 +126,14 @@ class EvaluationLog:
 
 def run_op(op: str, workers: int, max_experiments: int, minutes: float, device: str, work: Path,
            sampler: GpuSampler) -> dict[str, Any]:
-    from optimize_tuner import WEAK
+    from optimize_tuner import weak_start
 
-    from autokernel_ci.loop import LoopSettings, init_repository, mean_pct_roofline, run_loop
-    from autokernel_ci.ops import starter_source
+    from autokernel_ci.loop import LoopSettings, mean_pct_roofline, run_loop
     from autokernel_ci.pool import WorkerPool
     from autokernel_ci.search import TunerProposer
-    from autokernel_ci.search.knobs import apply_point
-    from autokernel_ci.tasks import builtin_task
 
     repo = work / op
-    (repo / "kernels").mkdir(parents=True)
-    (repo / "kernels" / f"{op}.py").write_text(apply_point(starter_source(op), WEAK[op]))
-    init_repository(repo, f"{op} starter kernel with a weak config")
-    task = replace(builtin_task(op), path=repo / "kernels" / f"{op}.py", root=repo)
+    task = weak_start(op, repo)
     pool = WorkerPool.for_device(device, workers) if workers > 1 else None
     marks: dict[str, float] = {"start": sampler.now()}
 
