@@ -46,7 +46,10 @@ def parse_grid(items: list[str]) -> dict[str, list[object]]:
         name, sep, values = item.partition("=")
         if not sep or not values:
             raise SystemExit(f"knob_sweep: --grid wants KNOB=V1,V2,…, got {item!r}")
-        grid[name.strip()] = [None if v.strip() == "None" else int(v) for v in values.split(",")]
+        try:
+            grid[name.strip()] = [None if v.strip() == "None" else int(v) for v in values.split(",")]
+        except ValueError:
+            raise SystemExit(f"knob_sweep: --grid values are integers or None, got {item!r}") from None
     return grid
 
 

@@ -84,3 +84,6 @@ def test_knob_sweep_names_an_unknown_knob_in_one_line(tmp_path: Path):
     done = script("knob_sweep.py", "--device", "cpu", "--op", "rmsnorm", "--shape", "rows=2,dim=64",
                   "--grid", "NO_SUCH_KNOB=1", tmp_path=tmp_path)
     assert done.returncode != 0 and "NO_SUCH_KNOB" in done.stderr and "Traceback" not in done.stderr
+    done = script("knob_sweep.py", "--device", "cpu", "--op", "rmsnorm", "--shape", "rows=2,dim=64",
+                  "--grid", "NUM_WARPS=four", tmp_path=tmp_path)
+    assert done.returncode != 0 and "integers or None" in done.stderr and "Traceback" not in done.stderr
