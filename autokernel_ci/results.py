@@ -98,6 +98,9 @@ class EvalResult:
     seeds: list[int] = field(default_factory=list)
     duration_s: float = 0.0
     worker_log: str = ""
+    # How the candidate ran: "bubblewrap" (the OS sandbox) or "process (unsandboxed)" (`--sandbox=process`,
+    # or a developer's machine without bubblewrap). Every report that shows a result says which.
+    sandbox: str = ""
 
     @property
     def passed(self) -> bool:

@@ -188,8 +188,10 @@ def compare(out: torch.Tensor, ref: torch.Tensor, out_dtype: torch.dtype, atol: 
 
 
 def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, report: dict[str, Any],
-               device: str) -> CaseEvidence:
-    """Compare one case's outputs (from the worker) with the float64 reference computed here."""
+               device: str, reference: tuple[tuple[Any, ...], Any] | None = None) -> CaseEvidence:
+    """Compare one case's outputs (from the worker) with the float64 reference: computed here for the
+    built-in ops, or given (`reference`: the outputs and the inputs' floating dtype) by the sandboxed
+    reference worker for a task whose reference is repository code."""
     import torch
 
     spec = task.spec
@@ -205,9 +207,18 @@ def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, re
     if report.get("inputs_changed"):
         evidence.message = f"modified its inputs (argument {', '.join(map(str, report['inputs_changed']))})"
         return evidence
-    args = make_case_inputs(spec.make_inputs, case, device)
-    refs = reference_outputs(task, case, args)
-    out_dtype = expected_dtype(spec, args)
+    if reference is None:
+        args = make_case_inputs(spec.make_inputs, case, device)
+        refs = reference_outputs(task, case, args)
+        out_dtype = expected_dtype(spec, args)
+        first_dtype = args[0].dtype if args and hasattr(args[0], "dtype") else out_dtype
+    else:
+        import torch
+
+        refs, in_dtype = reference
+        in_dtype = in_dtype or torch.float32
+        out_dtype = spec.out_dtype(in_dtype) if spec.out_dtype else in_dtype
+        first_dtype = in_dtype
     if outputs is None or len(outputs) != len(refs):
         n = 0 if outputs is None else len(outputs)
         evidence.message = f"returned {n} tensor(s); the reference returns {len(refs)}"
@@ -221,7 +232,7 @@ def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, re
         if tuple(out.shape) != tuple(ref.shape):
             evidence.message = f"output {i} has shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
             return evidence
-        want = out_dtype if task.kind != "kernelbench" else args[0].dtype
+        want = out_dtype if task.kind != "kernelbench" else first_dtype
         if out.dtype != want:
             evidence.message = f"output {i} has dtype {out.dtype}, expected {want}"
             return evidence

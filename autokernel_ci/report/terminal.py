@@ -34,6 +34,8 @@ def print_eval_result(result: EvalResult, console=None) -> None:
                              else "; timings not representative")
     console.print(f"[bold]{result.task}[/] ← {result.candidate}  [dim]({where}, {result.duration_s:.1f} s)[/]")
     console.print(f"[{STATUS_STYLE[result.status]}]{result.status.value}[/]  {result.message}")
+    if result.sandbox and result.sandbox != "bubblewrap":
+        console.print(f"[yellow]ran {result.sandbox}: no OS sandbox isolated the candidate[/]")
     if result.stages:
         table = Table(show_edge=False, pad_edge=False, box=None)
         for col in ("stage", "checks", "result", "worst abs err", "worst rel err", "notes"):
