@@ -193,9 +193,9 @@ def test_a_child_that_leaves_its_session_is_gone_when_the_evaluation_ends(tmp_pa
         spawn = (f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', {token!r}], "
                  "start_new_session=True)")
     else:
+        argv = f"[sys.executable, '-c', 'import time; time.sleep(120)', {token!r}]"
         spawn = (f"pid = os.fork()\nif pid == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                 f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(120)', {token!r}])\n"
-                 f"    os._exit(0)\nos.waitpid(pid, 0)\ntime.sleep(0.3)")
+                 f"        os.execv(sys.executable, {argv})\n    os._exit(0)\nos.waitpid(pid, 0)\ntime.sleep(0.3)")
     result = run(tmp_path, in_call(RIGHT, spawn))
     assert _processes_with(token) == [], "a process the candidate started outlived the evaluation"
     assert result.status is Status.REJECTED, result.message

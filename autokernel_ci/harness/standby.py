@@ -5,13 +5,14 @@ import (on an H100 runner, before bytecode was cached: 1.2 s of start and exit a
 imports a screen evaluation; benchmarks/RESULTS.md, run 5; not yet measured with the cache).
 The loop evaluates one candidate after another, so `take(env, mounts, mode)` hands the request to a
 sandboxed worker that was started with the same environment and the same view of the files during
-the previous evaluation and has done that part already, and starts the next one. Each process still serves exactly one request: it imported only
-our code and torch's before the request came, never a candidate, so the isolation is what a fresh
-process gives. Without a standby process for this environment (the first evaluation, or another
-GPU's slot) the caller starts one the usual way.
+the previous evaluation and has done that part already, and starts the next one. Each process
+still serves exactly one request: it imported only our code and torch's before the request came,
+never a candidate, so the isolation is what a fresh process gives. Without a standby process for
+this environment (the first evaluation, or another GPU's slot) the caller starts one the usual way.
 
-A standby process waits on its stdin for the request, with a scratch folder of its own. When the parent goes away, however it
-ends, that pipe closes and the process exits. `AUTOKERNEL_STANDBY=0` turns the whole thing off.
+A standby process waits on its stdin for the request, with a scratch folder of its own. When the
+parent goes away, however it ends, that pipe closes and the process exits. `AUTOKERNEL_STANDBY=0`
+turns the whole thing off.
 """
 
 from __future__ import annotations

@@ -275,7 +275,7 @@ def _run_case(ctx: _Context, case: Any, entry: Any) -> tuple[dict[str, Any], tup
             # Read the result through the class, never through its instance: a tensor whose instance
             # attribute `detach` computes the answer after the recorder closed gets no say here.
             problems = _output_problems(ctx, outs)
-            copies = () if problems else tuple(torch._C.TensorBase.clone(torch._C.TensorBase.detach(o)) for o in outs)
+            copies = () if problems else tuple(_copy(torch, o) for o in outs)
         if ctx.device == "cuda":
             torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - the candidate's exception is evidence, not our failure
@@ -290,6 +290,11 @@ def _run_case(ctx: _Context, case: Any, entry: Any) -> tuple[dict[str, Any], tup
         report["output_problem"] = "; ".join(problems)
         return report, ()
     return report, copies
+
+
+def _copy(torch: Any, out: Any) -> Any:
+    base = torch._C.TensorBase
+    return base.clone(base.detach(out))
 
 
 def _output_problems(ctx: _Context, outs: tuple[Any, ...]) -> list[str]:
@@ -349,7 +354,7 @@ class _Sampled:
             which = next((k for k, s in enumerate(self.sets) if s and args and s[0] is args[0]), None)
             if which is not None and not _output_problems(self.ctx, outs):
                 self.into.append({"shape_index": self.shape_index, "input_set": which, "call": self.calls,
-                                  "outputs": tuple(torch._C.TensorBase.clone(torch._C.TensorBase.detach(o)) for o in outs)})
+                                  "outputs": tuple(_copy(torch, o) for o in outs)})
         return out
 
 
