@@ -27,7 +27,7 @@ assert WRONG != RIGHT
 SMOKE = ("smoke",)
 NETS_OFF = ("static.escape", "static.introspection", "static.monkeypatch", "static.fallback")
 
-pytestmark = pytest.mark.skipif(bwrap.unavailable_reason() is not None,
+pytestmark = pytest.mark.skipif(bwrap.unavailable_reason() is not None and not bwrap.in_ci(),
                                 reason="needs bubblewrap: .ci/run installs it, so CI never skips these")
 
 
@@ -263,3 +263,76 @@ def test_in_ci_without_bubblewrap_the_command_refuses_and_says_how_to_opt_out(tm
     assert opted.returncode == 0, opted.stderr
     assert "unsandboxed" in opted.stdout
     assert '"sandbox": "process (unsandboxed)"' in out.read_text()
+
+
+CUDA_RMSNORM = '''\
+"""RMSNorm in CUDA C++ (fp32): one block per row, a shared-memory sum of squares."""
+
+import torch
+from torch.utils.cpp_extension import load_inline
+
+CUDA_SRC = r"""
+#include <torch/extension.h>
+__global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int n_cols, float eps) {
+    const float* xr = x + (long)blockIdx.x * n_cols;
+    __shared__ float part[256];
+    float acc = 0.f;
+    for (int c = threadIdx.x; c < n_cols; c += blockDim.x) acc += xr[c] * xr[c];
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    float r = rsqrtf(part[0] / n_cols + eps);
+    for (int c = threadIdx.x; c < n_cols; c += blockDim.x) y[(long)blockIdx.x * n_cols + c] = xr[c] * r * w[c];
+}
+torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor w, double eps) {
+    auto y = torch::empty_like(x);
+    rmsnorm_kernel<<<x.size(0), 256>>>(x.data_ptr<float>(), w.data_ptr<float>(), y.data_ptr<float>(),
+                                        x.size(1), (float)eps);
+    return y;
+}
+"""
+
+CPP_SRC = "torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor w, double eps);"
+_ext = load_inline(name="rmsnorm_cuda_sandboxed", cpp_sources=CPP_SRC, cuda_sources=CUDA_SRC, functions=["rmsnorm"],
+                   extra_cuda_cflags=["-O3"])
+
+
+def kernel_fn(x, weight, eps=1e-6):
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    return _ext.rmsnorm(x2, weight.contiguous(), eps).view(x.shape)
+'''
+
+
+@pytest.mark.gpu
+def test_gpu_triton_and_load_inline_candidates_pass_in_the_sandbox_and_cuda_is_built_once(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    import time
+
+    monkeypatch.setenv("AUTOKERNEL_CACHE_DIR", str(tmp_path / "cache"))
+    triton = evaluate(builtin_task("rmsnorm"), _write(tmp_path, "triton", RIGHT), device="cuda", seed=5,
+                      stages=("smoke", "shapes", "dtypes"))
+    assert triton.status is Status.PASS and triton.sandbox == "bubblewrap", triton.message
+    task = dataclasses.replace(builtin_task("rmsnorm"), allow=tuple(builtin_task("rmsnorm").allow)
+                               + ("torch.utils.cpp_extension.load_inline",))
+    path = _write(tmp_path, "cuda", CUDA_RMSNORM)
+    seconds = []
+    for seed in (1, 2):
+        started = time.monotonic()
+        result = evaluate(task, path, device="cuda", seed=seed, stages=("smoke", "shapes"), timeout=600)
+        seconds.append(time.monotonic() - started)
+        assert result.status is Status.PASS and result.sandbox == "bubblewrap", result.message
+    builds = list((tmp_path / "cache" / "sandbox").rglob("*.so"))
+    assert builds, "the load_inline build was not kept"
+    print(f"load_inline candidate: first evaluation {seconds[0]:.1f} s, second {seconds[1]:.1f} s")
+    assert seconds[1] < seconds[0] - 10, f"the second evaluation rebuilt the extension: {seconds}"
+
+
+def _write(tmp_path: Path, name: str, source: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "candidate.py"
+    path.write_text(source)
+    return path

@@ -46,7 +46,7 @@ def runs(monkeypatch):
 
 
 def evaluate(tmp_path: Path, source: str, name: str, **kwargs):
-    path = tmp_path / name / "candidate.py"
+    path = tmp_path / "work" / f"{name}.py"  # one folder, as the loop's workspace: one view of the files
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)
     task = kwargs.pop("task", None) or builtin_task("rmsnorm")
@@ -73,8 +73,9 @@ def test_a_standby_worker_sees_no_secrets_and_runs_in_the_requests_folder(tmp_pa
         RIGHT_RMSNORM, "    shape = x.shape\n",
         "    if any('for-candidates' in v or 'for_candidates' in v for v in os.environ.values()):\n"
         "        raise RuntimeError('saw a secret')\n"
-        "    if not os.path.isfile('request.json'):\n"
-        "        raise RuntimeError('not in the request folder: ' + os.getcwd())\n"
+        "    open('scratch-probe', 'w').close()  # its own scratch folder, writable\n"
+        "    if os.path.exists(os.path.join(os.path.dirname(__file__), 'scratch-probe')):\n"
+        "        raise RuntimeError('runs in the candidate folder: ' + os.getcwd())\n"
         "    shape = x.shape\n")
     task = builtin_task("rmsnorm")
     import dataclasses

@@ -15,10 +15,15 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import re
+
 from autokernel_ci.harness.bwrap import TOOLCHAIN
 from autokernel_ci.results import Finding
 
 POLL_S = 0.01
+# Versioned and target-prefixed compiler names (x86_64-linux-gnu-g++-13, gcc-12, ld.lld, …).
+COMPILER = re.compile(r"^([a-z0-9_]+-linux-gnu-)?(g\+\+|gcc|c\+\+|cc|cc1plus|cc1|as|ld|collect2|lto-wrapper)"
+                      r"(-\d+(\.\d+)*)?(\.[a-z]+)?$")
 
 
 def _read(path: str) -> str | None:
@@ -139,7 +144,7 @@ class Watcher:
             if not exe or pid == self.root_pid or self._is_sandbox_init(pid, exe):
                 continue
             name = os.path.basename(exe)
-            if name in TOOLCHAIN and not any(exe.startswith(w) for w in self.writable):
+            if (name in TOOLCHAIN or COMPILER.match(name)) and not any(exe.startswith(w) for w in self.writable):
                 self._toolchain_seen = True
                 self._suspect.pop(pid, None)
                 continue
