@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        inside = _run_inside_sandbox(args, argv)
+        if inside is not None:
+            return inside
         return args.handler(args)
     except AutokernelError as exc:
         clear_progress()
@@ -65,6 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         clear_progress()
         print(f"autokernel-ci {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _run_inside_sandbox(args: argparse.Namespace, argv: list[str]) -> int | None:
+    """`profile` and `verify` build and run the user's models: run the whole command in the sandbox.
+    None: run it here (another command, already inside, or `--sandbox=process`)."""
+    from autokernel_ci.harness import bwrap
+
+    if args.command not in bwrap.MODEL_COMMANDS or os.environ.get(bwrap.INSIDE_ENV) == "1":
+        return None
+    if bwrap.sandbox_mode() != "bwrap":
+        return None
+    return bwrap.run_command_inside(argv, [getattr(args, "json", None)])
 
 
 if __name__ == "__main__":

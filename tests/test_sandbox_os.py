@@ -336,3 +336,40 @@ def _write(tmp_path: Path, name: str, source: str) -> Path:
     path = folder / "candidate.py"
     path.write_text(source)
     return path
+
+
+def test_profile_runs_the_users_model_inside_the_sandbox(tmp_path: Path) -> None:
+    """`profile` and `verify` build the user's model: repository code from first to last, so the whole
+    command runs in the sandbox. A factory that looks for the runner's token and writes to ~/.cache
+    finds and leaves nothing."""
+    token = f"ghs_{uuid.uuid4().hex}"
+    leak = Path.home() / ".cache" / f"autokernel-factory-{uuid.uuid4().hex}"
+    repo = tmp_path / "repo"
+    (repo / "models").mkdir(parents=True)
+    (repo / "models" / "__init__.py").write_text("")
+    (repo / "models" / "tiny.py").write_text(f'''\
+import os
+import torch
+
+
+def build():
+    if any({token!r} in v for v in os.environ.values()):
+        raise RuntimeError("the factory saw the runner's token")
+    try:
+        os.makedirs(os.path.dirname({str(leak)!r}), exist_ok=True)
+        open({str(leak)!r}, "w").write("left behind")
+    except OSError:
+        pass
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.LayerNorm(16))
+    return model, (torch.randn(4, 16),)
+''')
+    (repo / ".autokernel.yml").write_text("version: 1\nkernels: []\nmodels:\n  - name: tiny\n"
+                                          "    factory: models.tiny:build\n    dtype: fp32\n")
+    out = tmp_path / "out" / "plan.json"
+    env = {**os.environ, "GITHUB_TOKEN": token}
+    done = subprocess.run([sys.executable, "-m", "autokernel_ci", "profile", "--model", "tiny", "--json", str(out),
+                           "--steps", "1"], cwd=repo, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert out.is_file(), "the plan was not written through the writable output folder"
+    assert not leak.exists()
+    assert token not in done.stdout + done.stderr + out.read_text()

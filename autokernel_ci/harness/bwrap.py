@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -222,3 +223,42 @@ def read_only_paths(paths: Iterable[Path | str | None]) -> tuple[Path, ...]:
         if not any(folder.is_relative_to(k) for k in kept):
             kept.append(folder)
     return tuple(kept)
+
+
+INSIDE_ENV = "AUTOKERNEL_INSIDE_SANDBOX"
+# Commands that build and run the user's models (repository code from first to last): the whole
+# command runs inside the sandbox, with only its output files writable.
+MODEL_COMMANDS = ("profile", "verify")
+
+
+def run_command_inside(argv: list[str], outputs: Iterable[str | None]) -> int:
+    """Run `python -m autokernel_ci ARGV` inside bubblewrap and return its exit status. It sees the
+    current folder (the user's repository) read-only, the folders of `outputs` writable, the GPU when
+    there is one, and an allowlisted environment. Its output goes straight to ours."""
+    from autokernel_ci.harness.device import cache_root
+
+    gpu = any(Path("/dev").glob("nvidia*"))
+    from autokernel_ci.harness.sandbox import child_environment
+
+    env = child_environment(device="cuda" if gpu else "cpu", mode="bwrap")
+    env[INSIDE_ENV] = "1"
+    cache = cache_root().expanduser().resolve()
+    env["AUTOKERNEL_CACHE_DIR"] = str(cache)
+    writable = []
+    for out in outputs:
+        if out:
+            folder = Path(out).expanduser().resolve().parent
+            folder.mkdir(parents=True, exist_ok=True)
+            writable.append(folder)
+    cwd = Path.cwd().resolve()
+    scratch = Path(tempfile.mkdtemp(prefix="autokernel-model-"))
+    try:
+        named = [Path(v).resolve().parent for a in argv for v in (a, a.partition("=")[2]) if v and os.path.exists(v)]
+        mounts = Mounts(scratch=scratch, read_only=read_only_paths([cwd, cache if cache.is_dir() else None, *named]),
+                        writable=tuple(writable), gpu=gpu)
+        wrapped = command([sys.executable, "-m", "autokernel_ci", *argv], mounts, env)
+        at = wrapped.index("--chdir")
+        wrapped[at + 1] = str(cwd)  # relative paths on the command line mean what they meant
+        return subprocess.run(wrapped, env={"PATH": os.environ.get("PATH", os.defpath)}).returncode
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -11,11 +11,10 @@ judged outputs remain for it). Each becomes a finding (`sandbox.thread`, `sandbo
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import re
 
 from autokernel_ci.harness.bwrap import TOOLCHAIN
 from autokernel_ci.results import Finding
