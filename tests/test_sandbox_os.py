@@ -373,3 +373,27 @@ def build():
     assert out.is_file(), "the plan was not written through the writable output folder"
     assert not leak.exists()
     assert token not in done.stdout + done.stderr + out.read_text()
+
+
+@pytest.mark.parametrize("tell", [
+    "not torch.are_deterministic_algorithms_enabled()",  # the checks run in deterministic mode, timing did not
+    "_calls.append(1) or len(_calls) > 12",  # the checks are the first few calls
+])
+def test_right_while_checked_and_wrong_while_timed_fails(tmp_path: Path, tell: str) -> None:
+    """Timed outputs used to be thrown away: a kernel that told the timing from the checks could skip
+    its work there. Now some timed calls, and the last one, are judged like a case."""
+    from autokernel_ci.harness.sandbox import TimingPlan
+
+    source = "_calls = []\n" + in_call(RIGHT, f"if {tell}:\n    return torch.zeros_like(x)")
+    folder = tmp_path / "c"
+    folder.mkdir()
+    path = folder / "candidate.py"
+    path.write_text(source)
+    task = builtin_task("rmsnorm")
+    task = dataclasses.replace(task, allow=tuple(task.allow) + NETS_OFF + ("dynamic.torch-compute",))
+    plan = TimingPlan.for_task(task, "cpu")
+    result = evaluate(task, path, device="cpu", seed=2, stages=("smoke", "shapes"), timing=plan, timeout=300)
+    assert result.status is Status.FAIL, result.message
+    assert "timed call" in result.message
+    honest = evaluate(task, _write(tmp_path, "honest", RIGHT), device="cpu", seed=2, stages=("smoke",), timing=plan)
+    assert honest.status is Status.PASS, honest.message

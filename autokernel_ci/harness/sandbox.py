@@ -380,8 +380,8 @@ def _verdict(task, cases, run: WorkerRun, device: str, plan_notes: list[str], re
     data = run.result
     received = len((data or {}).get("cases", []))
     if run.timed_out:
-        return _finish(result, Status.TIMEOUT, f"the candidate ran past the {timeout:g} s limit "
-                       f"(during case {received + 1} of {len(cases)})", started)
+        doing = f"during case {received + 1} of {len(cases)}" if received < len(cases) else "while being timed"
+        return _finish(result, Status.TIMEOUT, f"the candidate ran past the {timeout:g} s limit ({doing})", started)
     if data is not None and data.get("task_error"):
         raise TaskError(f"{task.name}: {data['task_error']}")
     if data is not None and data.get("import_error"):

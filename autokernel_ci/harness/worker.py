@@ -333,8 +333,12 @@ def _time_candidate(ctx: _Context, entry: Any, plan: dict[str, Any]) -> tuple[li
     for index, shape in enumerate(plan["shapes"]):
         sets = _input_sets(ctx, shape, plan["dtype"], plan.get("seed", 1), plan.get("input_sets", 1))
         fn = _callable_for(ctx, entry, plan.get("seed", 1))
-        samples = time_fn(_Sampled(ctx, fn, sets, picks, index, checked), input_sets=sets, device=ctx.device,
-                          **_timing_options(plan))
+        sampled = _Sampled(ctx, fn, sets, picks, index, checked)
+        samples = time_fn(sampled, input_sets=sets, device=ctx.device, **_timing_options(plan))
+        if sampled.last is not None and plan.get("check_calls") and not _output_problems(ctx, sampled.last[1]):
+            which, outs, call = sampled.last  # and the last timed call, whichever it was
+            checked.append({"shape_index": index, "input_set": which, "call": call,
+                            "outputs": tuple(_copy(ctx.torch, o) for o in outs)})
         out.append({"shape": shape, "dtype": plan["dtype"], **samples.to_dict()})
     return out, checked
 
@@ -346,15 +350,20 @@ class _Sampled:
                  into: list[dict]) -> None:
         self.ctx, self.fn, self.sets, self.picks, self.shape_index, self.into = ctx, fn, sets, picks, shape_index, into
         self.calls = 0
+        self.last: tuple[int, tuple[Any, ...], int] | None = None
 
     def __call__(self, *args: Any) -> Any:
         out = self.fn(*args)
         self.calls += 1
         torch = self.ctx.torch
         capturing = self.ctx.device == "cuda" and torch.cuda.is_current_stream_capturing()
-        if self.calls in self.picks and not capturing:
-            outs = out if type(out) is tuple else (out,)
-            which = next((k for k, s in enumerate(self.sets) if s and args and s[0] is args[0]), None)
+        if capturing:
+            return out
+        outs = out if type(out) is tuple else (out,)
+        which = next((k for k, s in enumerate(self.sets) if s and args and s[0] is args[0]), None)
+        if which is not None:
+            self.last = (which, outs, self.calls)
+        if self.calls in self.picks:
             if which is not None and not _output_problems(self.ctx, outs):
                 self.into.append({"shape_index": self.shape_index, "input_set": which, "call": self.calls,
                                   "outputs": tuple(_copy(torch, o) for o in outs)})
