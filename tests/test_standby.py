@@ -148,3 +148,31 @@ def test_shutdown_ends_many_standby_processes_within_one_grace_period(tmp_path: 
     standby.shutdown(grace_s=0.5)
     assert time.monotonic() - started < 3.0
     assert all(p.poll() is not None for p in procs)
+
+
+def test_a_candidate_leaves_nothing_for_the_next_one_in_a_warm_worker(tmp_path: Path):
+    """A candidate that sets a global of the harness, patches torch and the comparison, and leaves a
+    thread running changes nothing for the next candidate served by a standby worker: each process
+    serves one request, and the next was started before any candidate ran."""
+    import dataclasses
+
+    meddler = mutate(RIGHT_RMSNORM, "    shape = x.shape\n", """    import threading, time
+    import torch.nn.functional as F
+    import autokernel_ci.harness.correctness as c
+    c.compare = lambda *a, **k: c.Comparison(True, 0.0, 0.0)
+    F.rms_norm = lambda x, *a, **k: x
+    torch.allclose = lambda *a, **k: True
+    globals()['LEFT'] = 1
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+    shape = x.shape
+""")
+    task = builtin_task("rmsnorm")
+    task = dataclasses.replace(task, allow=tuple(task.allow) + ("static.escape", "static.monkeypatch",
+                                                               "static.introspection", "sandbox.thread"))
+    first = evaluate(tmp_path, meddler, "meddler", task=task)
+    assert first.status in (Status.PASS, Status.REJECTED), first.message
+    assert standby.waiting_count() == 1
+    wrong = mutate(RIGHT_RMSNORM, "(x * rstd * w)", "(x * rstd * w * 1.01)")
+    after = evaluate(tmp_path, wrong, "wrong", task=builtin_task("rmsnorm"))
+    assert after.status is Status.FAIL, after.message
+    assert evaluate(tmp_path, RIGHT_RMSNORM, "right").status is Status.PASS
