@@ -39,7 +39,7 @@ REFS = ("from autokernel_ci.ops.rmsnorm import make_inputs, reference\n\n\n"
 REFS_MATCHING_THE_WRONG_KERNEL = REFS.replace("return reference(x, weight, eps)",
                                               "return reference(x, weight, eps) * 1.1")
 SHAPES = "[{rows: 2, dim: 8}, {rows: 5, dim: 8}]"
-STAGES = ("smoke", "shapes")
+STAGES = ("smoke", "shapes", "dtypes")
 FAST = RequestPolicy(attempts=2, backoff_s=0.01, backoff_max_s=0.05, seconds_between_requests=0.0,
                      seconds_between_writes=0.0)
 
