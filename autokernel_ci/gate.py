@@ -3,11 +3,17 @@
     report = run_gate(repo, "origin/main", "HEAD")
     sys.exit(report.exit_code)
 
-1. Both revisions are checked out as detached git worktrees in a temporary folder, removed at the
-   end (also on error). The tasks come from the head's `.autokernel.yml`. A task is gated when its
-   kernel file, its reference or inputs module, its KernelBench file or its config entry differs
-   between base and head (`all_tasks`: every task); a task only the head has is new, one only the
-   base has is removed.
+1. Both revisions (and their merge base) are checked out as detached git worktrees in a temporary
+   folder, removed at the end (also on error). The policy is the base's `.autokernel.yml`: its tasks,
+   references, inputs, KernelBench files, shapes, dtypes, tolerances, allow-lists, risk and `gate:`.
+   A head config that sets any of it differently, or edits the code behind it, gets one blocking
+   `policy-changed` verdict listing each key (`config.policy_changes`); a base task the head no longer
+   lists is `removed` (blocking); both are lifted only by an approval (`GateReport.accept`, see
+   `commands.gate`). A task is gated when its config entry, its kernel file or any repository file
+   the kernel imports (`closure`, read statically, in both trees), or its policy's files changed
+   since the merge base (`all_tasks`: every task); a task only the head has is new.
+   The head's kernels are evaluated in a judged tree: the base's files with the head's changes to
+   the gated kernels' import closures, the policy's files always the base's.
 2. The head's kernel goes through the whole correctness gate (`harness.sandbox.evaluate`): a head
    that is not correct fails, whatever its speed.
 3. On a GPU, base and head are timed against each other in one sandboxed worker process (the
@@ -22,9 +28,10 @@
    of that GPU alone), so base and head of a task are always timed on the same card. The verdicts
    come back in the config's order whatever finishes first.
 
-Verdicts: pass, regression, improvement, fail (the head is not correct), new, removed,
+Verdicts: pass, regression, improvement, fail (the head is not correct), new, removed, policy-changed,
 inconclusive (the interval stayed too wide until the time cap, or a regression did not reproduce),
-error (the task could not be checked). Regression, fail and error block the merge (`exit_code` 1).
+error (the task could not be checked). Regression, fail and error block the merge (`exit_code` 1), and
+so do policy-changed and removed until accepted.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ if TYPE_CHECKING:
 VERDICTS = ("pass", "regression", "improvement", "fail", "new", "removed", "policy-changed", "inconclusive",
             "error")
 BLOCKING = ("regression", "fail", "error", "policy-changed", "removed")
+POLICY_TASK = "(policy)"  # the verdict on the config as a whole; no task can be named so (config.NAME_RE)
 # Blocking until a person with write access, other than the author, approves the head commit.
 ACCEPTABLE = ("policy-changed", "removed")
 EXIT_PASSED = 0
@@ -819,7 +827,7 @@ def _policy_file_changes(base_cfg: Config, base_root: Path, head_root: Path, jud
 def policy_verdict(changes: Sequence[PolicyChange], config_rel: Path, head_sha: str) -> TaskVerdict:
     keys = "; ".join(f"{c.key}: {_value(c.base)} → {_value(c.head)}" for c in changes)
     at = f" {head_sha[:12]}" if head_sha else ""
-    return TaskVerdict(task="policy", verdict="policy-changed", path=config_rel.as_posix(),
+    return TaskVerdict(task=POLICY_TASK, verdict="policy-changed", path=config_rel.as_posix(),
                        reason=f"the head changes the gate's policy ({len(changes)} key{'s' * (len(changes) != 1)}): "
                               f"{keys}. The head was judged by the base's policy; this blocks until someone with "
                               f"write access, other than the author, approves the head commit{at}")

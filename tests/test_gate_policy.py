@@ -156,7 +156,7 @@ def test_every_policy_change_blocks_with_its_key_and_both_values(attack: GateRep
     assert keys["kernels.ref policy code policy_refs.py"][1].startswith("sha256 ")
     # A moved file under the same name is the same task, not a policy change; nor is a kernel file.
     assert not any("moved" in k or k.endswith(".path") for k in keys)
-    assert verdicts(attack)["policy"] == "policy-changed" and attack.exit_code == 1
+    assert verdicts(attack)["(policy)"] == "policy-changed" and attack.exit_code == 1
     md = render_markdown(attack)
     assert "| policy key | base | head |" in md and "| `gate.threshold` | `0.03` | `0.5` |" in md
     assert "approves head" in md
@@ -257,7 +257,7 @@ def test_a_policy_change_is_lifted_only_by_a_writer_approving_the_current_head(p
         number = server.add_fork_pr("contrib", "pr", head, number=7)  # opened by contrib
         client = GitHubClient("ghs_gate", "acme/models", server.api_url, policy=FAST)
         report = run_gate(root, "main", head, device="cpu")
-        assert verdicts(report) == {"policy": "policy-changed"} and report.exit_code == 1
+        assert verdicts(report) == {"(policy)": "policy-changed"} and report.exit_code == 1
 
         server.add_review(number, "contrib", "APPROVED", head)  # the author approving their own change
         assert not accept_approved_policy(report, client, number) and report.exit_code == 1
@@ -351,3 +351,30 @@ def test_unrelated_histories_and_an_invalid_head_config_are_one_clear_error(repo
     code = main(["gate", "--repo", str(repo), "--base", "main", "--head", "broken", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "head's config is invalid" in err and "gate.threshold" in err and "Traceback" not in err
+
+
+def test_a_head_module_shadowing_one_the_reference_imports_is_a_policy_change(tmp_path: Path):
+    """The cheat: the reference imports `scaling`, which the base does not have (an installed module); the
+    head adds its own `scaling.py` and has its kernel import it, so it would be overlaid and stand in for
+    the reference's. The honest case beside it: a new helper only the kernel imports changes no policy."""
+    from autokernel_ci import gate
+
+    base, head = tmp_path / "base", tmp_path / "head"
+    for tree in (base, head):
+        (tree / "kernels").mkdir(parents=True)
+        (tree / "refs.py").write_text("import scaling\n\ndef ref(x):\n    return x\n")
+        (tree / ".autokernel.yml").write_text(
+            "version: 1\nkernels:\n  - {name: k, reference: refs:ref, inputs: refs:ref, path: kernels/k.py, "
+            "shapes: [{n: 1}]}\n")
+    (base / "kernels" / "k.py").write_text("def kernel_fn(x):\n    return x\n")
+    (head / "kernels" / "k.py").write_text("import scaling\nimport kernels.mine\ndef kernel_fn(x):\n    return x\n")
+    (head / "scaling.py").write_text("SCALE = 1.1\n")
+    (head / "kernels" / "mine.py").write_text("X = 1\n")
+    cfg = load_config(base / ".autokernel.yml")
+    changed = {"kernels/k.py", "scaling.py", "kernels/mine.py"}
+    entry = cfg.kernels[0]
+    overlay = gate.kernel_closure(entry, head, Path(".")) & changed
+    assert overlay == changed  # both helpers are the kernel's to change
+    judged = gate.judged_tree(base, head, tmp_path / "judged", overlay - gate.policy_closure(entry, base, Path(".")))
+    changes = gate._policy_file_changes(cfg, base, head, judged, Path("."), changed)
+    assert [(c.key, c.base) for c in changes] == [("kernels.k policy code scaling.py", "not imported")]
