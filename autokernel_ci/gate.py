@@ -525,8 +525,10 @@ def _checked_ab_result(data: Any, n_shapes: int, names: Sequence[str]) -> list[d
     def bad(why: str) -> TimingError:
         return TimingError(None, f"the A/B timing process's report is malformed: {why}")
 
-    if not isinstance(data, dict) or data.get("protocol") != 1 or data.get("mode") != "ab":
-        raise bad("not a protocol-1 A/B report")
+    from autokernel_ci.harness.worker import PROTOCOL
+
+    if not isinstance(data, dict) or data.get("protocol") != PROTOCOL or data.get("mode") != "ab":
+        raise bad(f"not a protocol-{PROTOCOL} A/B report")
     shapes = data.get("shapes")
     if not isinstance(shapes, list) or len(shapes) != n_shapes:
         raise bad(f"expected {n_shapes} shapes")

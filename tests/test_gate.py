@@ -134,7 +134,9 @@ def test_one_shape_regressing_makes_the_task_a_regression():
 
 
 def test_a_malformed_worker_report_is_refused_not_trusted():
-    good = {"protocol": 1, "mode": "ab", "import_errors": {},
+    from autokernel_ci.harness.worker import PROTOCOL
+
+    good = {"protocol": PROTOCOL, "mode": "ab", "import_errors": {},
             "shapes": [{"shape": {}, "dtype": "fp32", "errors": {}, "comparisons": {"ab": {"rounds": [
                 {"a": [1.0, 2.0], "b": [1.0, 2.0]}]}}}]}
     assert gate._checked_ab_result(good, 1, ["ab"])
