@@ -167,7 +167,7 @@ def test_the_heads_kernels_are_judged_by_the_base_policy(attack: GateReport):
     got = {v.task: v for v in attack.verdicts}
     assert attack.threshold == 0.03  # the head's 0.5 was not used
     assert got["tol"].verdict == "fail"  # 10 % off: the base's fp32 tolerance, not [0.5, 0.5]
-    assert got["shapes"].verdict == "fail" and "rows" in json.dumps(got["shapes"].head_result)  # the 5-row shape
+    assert got["shapes"].verdict == "fail"  # right for 2 rows only: the base's 5-row shape catches it
     assert got["allow"].verdict == "fail" and got["allow"].head_status == "REJECTED"  # no allow: entry in base
     assert got["ref"].verdict == "fail"  # judged against the base's reference, not the edited one
     assert got["dtype"].verdict == "pass" and "fp16" in json.dumps(got["dtype"].head_result)  # both dtypes run
