@@ -691,6 +691,18 @@ class GitHubClient:
             head = head_sha or pr.head.sha
         return self._set_review_status(pr, head, high=high)
 
+    def head_approval(self, pr_number: int, head_sha: str) -> tuple[bool, str]:
+        """(approved, why): whether `head_sha` is the PR's current head and someone with write access, other
+        than the author and the bot, approved that very commit, with no such person requesting changes:
+        the rule of `autokernel/human-review`. What lifts the gate's policy-changed and removed verdicts."""
+        pr = self.repo.get_pull(pr_number)
+        with self._calling(f"read pull request #{pr_number}", "pull-requests: read"):
+            current = pr.head.sha
+        if current != head_sha:
+            return False, f"the pull request's head is now {current[:7]}, not the gated {head_sha[:7]}"
+        state, description = self._review_verdict(pr, head_sha)
+        return state == "success", description
+
     def _set_review_status(self, pr: PullRequest, head: str, *, high: bool) -> str:
         if not high:
             state, description = "success", "not high risk: no human review required"
