@@ -15,7 +15,7 @@ from autokernel_ci.config import load_config
 from autokernel_ci.ops import starter_source
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = ("autokernel-gate.yml", "autokernel-optimize.yml", "autokernel-review.yml")
+WORKFLOWS = ("autokernel-gate.yml", "autokernel-gate-report.yml", "autokernel-optimize.yml", "autokernel-review.yml")
 CUSTOM = '''\
 import triton
 import triton.language as tl
@@ -53,7 +53,7 @@ def test_init_writes_workflows_and_a_config_that_eval_accepts(repo: Path, capsys
         text = (repo / ".github" / "workflows" / name).read_text()
         assert "autokernel-ci/autokernel-ci@v0" in text
         if "self-hosted" in text:
-            assert "vars.AUTOKERNEL_RUNNER_LABEL || 'h100'" in text
+            assert ("vars.AUTOKERNEL_RUNNER_LABEL || 'h100'" in text) != ("AUTOKERNEL_GATE_RUNNER_LABEL" in text)
     actionlint(repo / ".github" / "workflows")
     cfg = load_config(repo / ".autokernel.yml")
     assert [(k.name, k.path, k.op) for k in cfg.kernels] == [("rmsnorm", "src/kernels/rmsnorm.py", "rmsnorm")]
