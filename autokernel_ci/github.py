@@ -738,7 +738,8 @@ class GitHubClient:
         return list(dict.fromkeys(name for name, _ in self.pull_request_patches(pr_number)))
 
     def read_settings(self, path: str, action: str, permission: str = "") -> Any:
-        """GET an API path under the repository (`/branches/main/protection`); None when GitHub answers 404."""
+        """GET an API path under the repository (`/branches/main/protection`), its first page; None when GitHub
+        answers 404."""
         url = f"{self.api_url}/repos/{self.repository}{path}"
         try:
             with self._calling(action, permission):
@@ -751,13 +752,14 @@ class GitHubClient:
 
     def _recorded_pusher(self, head: str) -> str | None:
         """Who pushed `head`, as this client recorded it in the human-review status on that commit."""
-        with self._calling(f"read the statuses of {head[:7]}", "statuses: read"):
-            for status in self.repo.get_commit(head).get_statuses():  # newest first
-                creator = status.creator.login if status.creator is not None else ""
-                if status.context != HUMAN_REVIEW_CONTEXT or creator.lower() != self.bot_login.lower():
-                    continue
-                match = re.search(r"pushed by @([A-Za-z0-9-]+(?:\[bot\])?)", status.description or "")
-                return match.group(1) if match else None
+        statuses = self.read_settings(f"/commits/{head}/statuses", f"read the statuses of {head[:7]}",
+                                      "statuses: read") or []
+        for status in statuses:  # newest first
+            creator = str((status.get("creator") or {}).get("login") or "")
+            if status.get("context") != HUMAN_REVIEW_CONTEXT or creator.lower() != self.bot_login.lower():
+                continue
+            match = re.search(r"pushed by @([A-Za-z0-9-]+(?:\[bot\])?)", str(status.get("description") or ""))
+            return match.group(1) if match else None
         return None
 
     def _set_review_status(self, pr: PullRequest, head: str, *, high: bool, pusher: str | None = None) -> str:
