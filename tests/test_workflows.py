@@ -409,3 +409,11 @@ def test_the_matrix_workflow_has_a_concurrency_group_and_the_gate_and_optimize_u
     assert gate["jobs"]["measure"]["permissions"] == {"contents": "read"}
     assert optimize["jobs"]["loop"]["permissions"] == {"contents": "read"}
     assert "pull_request_target" not in gate[True] and set(gate[True]) == {"pull_request"}
+
+
+def test_the_readmes_copy_paste_gate_workflows_are_the_shipped_ones():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n# \.github/workflows/(\S+)\n(.*?)```", readme, re.S)
+    assert [name for name, _ in blocks] == ["autokernel-gate.yml", "autokernel-gate-report.yml"]
+    for name, text in blocks:
+        assert yaml.safe_load(text) == yaml.safe_load((WORKFLOWS / name).read_text()), name
