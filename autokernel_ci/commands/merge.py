@@ -449,6 +449,7 @@ def publish_merged(merged: MergedRun, *, base: str | None = None, config_path: P
 
 def _classify(merged: MergedRun, kept: list[LoopResult], config_file: Path | None, risk_config):
     """The risk of the whole branch: classified as each task's op family would see it; high if any is."""
+    from autokernel_ci.config import load_config
     from autokernel_ci.risk import classify
     from autokernel_ci.tasks import resolve_task
 
@@ -464,6 +465,12 @@ def _classify(merged: MergedRun, kept: list[LoopResult], config_file: Path | Non
             family, declared = "", None  # the diff alone decides
         if recorded and not family:
             family, declared = str(recorded.get("family") or ""), recorded.get("risk")
+            # shard.json came from the job that ran candidates: the config's own word cannot be lowered by it.
+            entry = load_config(config_file).kernel(r.task) if config_file is not None else None
+            if entry is not None:
+                declared = entry.risk or declared
+                if (entry.op or "").lower() in {f.lower() for f in risk_config.high_risk_families}:
+                    family = entry.op or family
         reports.append(classify(family, diff, risk_config, declared=declared))
     return next((r for r in reports if r.is_high), reports[0])
 
