@@ -417,3 +417,15 @@ def test_the_readmes_copy_paste_gate_workflows_are_the_shipped_ones():
     assert [name for name, _ in blocks] == ["autokernel-gate.yml", "autokernel-gate-report.yml"]
     for name, text in blocks:
         assert yaml.safe_load(text) == yaml.safe_load((WORKFLOWS / name).read_text()), name
+
+
+def test_every_job_has_a_name_a_timeout_and_explicit_permissions():
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        workflow = yaml.safe_load(path.read_text())
+        assert workflow["permissions"] == {}, path.name
+        for job_id, job in workflow["jobs"].items():
+            assert job.get("name") and isinstance(job.get("timeout-minutes"), int), f"{path.name}:{job_id}"
+            assert "permissions" in job, f"{path.name}:{job_id}"
+            if any("self-hosted" in str(label) for label in job.get("runs-on", [])):
+                writes = {k for k, v in job["permissions"].items() if v == "write"}
+                assert not writes and "secrets.AUTOKERNEL_TOKEN" not in json.dumps(job), f"{path.name}:{job_id}"
