@@ -8,8 +8,9 @@ The measuring job ran the pull request's code without any token; what it uploade
 2. the pull request the artifact names must be open with exactly the head commit and head repository
    GitHub recorded for the run (`workflow_run.head_sha`, `workflow_run.head_repository`): an artifact
    cannot steer the comment or the status to another pull request or commit;
-3. a pull request that changes anything under `.github/` ran a measuring workflow it may have edited:
-   its result is published as not trusted, a failing `autokernel/perf` that a maintainer has to look at;
+3. a pull request that changes anything under `.github/` (or an `action.yml`, for a workflow that uses a
+   local action) ran a measuring workflow it may have edited: its result is published as not trusted, a
+   failing `autokernel/perf` that a maintainer has to look at;
 4. the sticky comment, the `autokernel/perf` status (on the run's head commit) and the job summary.
 
 Fork pull requests get their comment the same way: this workflow runs from the default branch.
@@ -25,8 +26,8 @@ from typing import Any
 
 from autokernel_ci.errors import AutokernelError, GitHubError
 
-NOT_TRUSTED = ("this pull request changes .github/: the gate ran workflows it edits, so its result is not trusted; "
-               "a maintainer must review it")
+NOT_TRUSTED = ("this pull request changes .github/ or an action: the gate ran workflows it edits, so its result is "
+               "not trusted; a maintainer must review it")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +90,8 @@ def report_gate(client: Any, artifact_dir: Path, workflow_run: dict[str, Any], s
         return 1
     markdown = render_markdown(report)
     passed, description = report.passed, status_description(report)
-    edits_workflows = [f for f in client.pull_request_files(number) if f.startswith(".github/")]
+    edits_workflows = [f for f in client.pull_request_files(number)
+                       if f.startswith(".github/") or f.rsplit("/", 1)[-1] in ("action.yml", "action.yaml")]
     if edits_workflows:
         passed, description = False, NOT_TRUSTED
         shown = ", ".join(f"`{neutralize(f, 200)}`" for f in edits_workflows[:5])
