@@ -156,10 +156,67 @@ def kernelbench_inputs(module: Any):
     def make_inputs(shape, dtype, generator, kind="normal"):
         import torch
 
+        device = generator.device
         torch.manual_seed(generator.initial_seed() + 1)
-        return tuple(a.to(generator.device) if isinstance(a, torch.Tensor) else a for a in module.get_inputs())
+        args = None
+        if device.type != "cpu":
+            # Drawn on the device itself (torch.rand(...) inside get_inputs lands there): a 6 GiB input
+            # drawn on the host and copied over costs seconds per case. A get_inputs that cannot run
+            # that way (it mixes devices, goes through numpy) draws on the host as written.
+            try:
+                with torch.device(device):
+                    args = module.get_inputs()
+            except Exception:  # noqa: BLE001 - the same call below, on the host, reports a real failure
+                torch.manual_seed(generator.initial_seed() + 1)
+        if args is None:
+            args = module.get_inputs()
+        return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
 
     return make_inputs
+
+
+# Module-level integer constants at most this large are left alone by `scaled_copy`: they are kernel
+# sizes, strides, reduction dims and group counts far more often than sizes worth shrinking.
+SCALE_KEEP_AT_MOST = 16
+
+
+def scaled_copy(path: Path, scale: float, dest_dir: Path) -> Path:
+    """A copy of a KernelBench file in `dest_dir` (same file name) whose module-level integer size constants
+    (`batch_size = 4096`, `dim = 393216`) are multiplied by `scale` — for running a problem's maths at a
+    size the CPU interpreter can handle. A constant of at most `SCALE_KEEP_AT_MOST` is kept as it is (a
+    kernel size, a stride, a dim index), and none is scaled below that. Only plain `NAME = <int>`
+    statements at the top level change; expressions built from them follow."""
+    import ast
+
+    if not scale > 0:
+        raise TaskError(f"--scale must be a positive number, got {scale}")
+    try:
+        source = Path(path).read_text()
+        tree = ast.parse(source)
+    except OSError as exc:
+        raise TaskError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except SyntaxError as exc:
+        raise TaskError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    lines = source.splitlines(keepends=True)
+    edits = []
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if (value is None or len(targets) != 1 or not isinstance(targets[0], ast.Name)
+                or not isinstance(value, ast.Constant) or type(value.value) is not int):
+            continue
+        old = value.value
+        if old <= SCALE_KEEP_AT_MOST:
+            continue
+        new = max(SCALE_KEEP_AT_MOST, round(old * scale))
+        if value.lineno == value.end_lineno:
+            edits.append((value.lineno - 1, value.col_offset, value.end_col_offset, str(new)))
+    for line, start, end, text in sorted(edits, reverse=True):
+        lines[line] = lines[line][:start] + text + lines[line][end:]
+    dest = Path(dest_dir) / Path(path).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(lines))
+    return dest
 
 
 def kernelbench_model(module: Any, cls: Any, seed: int, device: Any):

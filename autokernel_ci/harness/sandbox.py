@@ -326,10 +326,18 @@ def _shape_timing(task: KernelTask, raw: dict[str, Any], ceilings: Any):
     dtype = DTYPES[raw["dtype"]]
     nbytes = spec.bytes_moved(raw["shape"], dtype)
     nflops = spec.flops(raw["shape"], dtype)
+    lower_bound = nbytes is None and nflops is None  # no cost model: the tensors' own bytes (harness/roofline.py)
+    if lower_bound:
+        from autokernel_ci.harness.roofline import LOWER_BOUND_LABEL, bytes_from_record
+
+        nbytes = bytes_from_record(raw)
     pct, source = (None, None)
     if raw["median_us"] > 0:
         kind = "tf32" if raw["dtype"] == "fp32" and spec.bound == "compute" else raw["dtype"]
-        pct, source = pct_of_roofline(nbytes, nflops, kind, raw["median_us"] * 1e-6, ceilings, spec.bound)
+        bound = "memory" if lower_bound else spec.bound
+        pct, source = pct_of_roofline(nbytes, nflops, kind, raw["median_us"] * 1e-6, ceilings, bound)
+        if lower_bound and source:
+            source = f"{source}, {LOWER_BOUND_LABEL}"
     return ShapeTiming(shape=dict(raw["shape"]), dtype=raw["dtype"], median_us=raw["median_us"],
                        iqr_us=raw["iqr_us"], count=raw["count"], samples_us=list(raw["samples_us"]),
                        bytes_moved=nbytes, flops=nflops, pct_roofline=pct, roofline_source=source,

@@ -207,9 +207,19 @@ def _time_candidate(ctx: _Context, entry: Any, plan: dict[str, Any]) -> list[dic
     for shape in plan["shapes"]:
         sets = _input_sets(ctx, shape, plan["dtype"], plan.get("seed", 1), plan.get("input_sets", 1))
         fn = _callable_for(ctx, entry, plan.get("seed", 1))
+        io = _io_bytes(ctx, fn, sets[0])
         samples = time_fn(fn, input_sets=sets, device=ctx.device, **_timing_options(plan))
-        out.append({"shape": shape, "dtype": plan["dtype"], **samples.to_dict()})
+        out.append({"shape": shape, "dtype": plan["dtype"], **samples.to_dict(), **io})
     return out
+
+
+def _io_bytes(ctx: _Context, fn: Any, args: tuple[Any, ...]) -> dict[str, int]:
+    """The bytes of one call's inputs and outputs (harness/roofline.py): the roofline of a task with no
+    bytes model. The call is one more warm-up call."""
+    from autokernel_ci.harness.roofline import io_bytes
+
+    with ctx.torch.no_grad():
+        return io_bytes(args, fn(*args))
 
 
 def _time_baselines(ctx: _Context, plan: dict[str, Any]) -> list[dict[str, Any]]:
