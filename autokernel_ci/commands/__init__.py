@@ -16,6 +16,7 @@ from autokernel_ci.errors import AutokernelError
 
 COMMANDS: tuple[str, ...] = ("eval", "bench", "calibrate", "gate", "optimize", "demo", "profile", "verify", "publish",
                              "review_status", "plan", "merge", "init")
+COMMANDS += ("kernelbench",)
 
 EXIT_NOT_PASSED = 1
 
