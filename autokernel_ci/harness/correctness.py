@@ -151,14 +151,29 @@ def reference_outputs_within_memory(task: KernelTask, case: Case, args: tuple[An
         reason = ""
     try:
         return reference_outputs(task, case, args)
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and not isinstance(exc, torch.OutOfMemoryError) \
-                and "alloc" not in str(exc).lower() and "memory" not in str(exc).lower():
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
             raise
         inputs = sum(a.numel() * 8 for a in args if isinstance(a, torch.Tensor))
         where = f"on {device} ({reason}) nor on the host" if reason else "on the host"
         raise HarnessError(f"the float64 reference of case {case.index} did not fit {where}: its float64 inputs "
                            f"alone are {inputs / 2**30:.1f} GiB ({_first_line(exc)})") from None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError on a GPU, MemoryError, or the host allocator's RuntimeError."""
+    import torch
+
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def raise_if_out_of_memory(exc: BaseException, doing: str) -> None:
+    """A `HarnessError` saying what did not fit, when `exc` is running out of memory in the harness's own
+    work (`doing`); otherwise nothing, and the caller re-raises."""
+    if is_out_of_memory(exc):
+        raise HarnessError(f"the harness ran out of memory {doing}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

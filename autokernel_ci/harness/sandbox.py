@@ -458,8 +458,14 @@ def _reference_ops(task, case, device: str, anticheat) -> set[str]:
     from autokernel_ci.harness.correctness import make_case_inputs
     args = make_case_inputs(task.spec.make_inputs, case, device)
     recorder = anticheat.OpRecorder()
-    with recorder:
-        task.spec.reference(*args, seed=case.seed)
+    try:
+        with recorder:
+            task.spec.reference(*args, seed=case.seed)
+    except Exception as exc:
+        from autokernel_ci.harness.correctness import raise_if_out_of_memory
+
+        raise_if_out_of_memory(exc, f"running the reference of case {case.index} to record its operators")
+        raise
     return set(recorder.counts())
 
 
