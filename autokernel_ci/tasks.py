@@ -164,10 +164,100 @@ def kernelbench_inputs(module: Any):
     def make_inputs(shape, dtype, generator, kind="normal"):
         import torch
 
+        device = generator.device
         torch.manual_seed(generator.initial_seed() + 1)
-        return tuple(a.to(generator.device) if isinstance(a, torch.Tensor) else a for a in module.get_inputs())
+        args = None
+        if device.type != "cpu":
+            # Drawn on the device itself (torch.rand(...) inside get_inputs lands there): a 6 GiB input
+            # drawn on the host and copied over costs seconds per case. A get_inputs that cannot run
+            # that way (it mixes devices, goes through numpy) draws on the host as written.
+            try:
+                with torch.device(device):
+                    args = module.get_inputs()
+            except Exception:  # noqa: BLE001 - the same call below, on the host, reports a real failure
+                torch.manual_seed(generator.initial_seed() + 1)
+        if args is None:
+            args = module.get_inputs()
+        return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
 
     return make_inputs
+
+
+# Module-level integer constants at most this large are left alone by `scaled_copy`: they are kernel
+# sizes, strides, reduction dims and group counts far more often than sizes worth shrinking.
+SCALE_KEEP_AT_MOST = 16
+
+
+def scaled_copy(path: Path, scale: float, dest_dir: Path) -> Path:
+    """A copy of a KernelBench file in `dest_dir` (same file name) whose module-level integer size constants
+    (`batch_size = 4096`, `dim = 393216`) are multiplied by `scale` — for running a problem's maths at a
+    size the CPU interpreter can handle. A constant of at most `SCALE_KEEP_AT_MOST` is kept as it is (a
+    kernel size, a stride, a dim index), and none is scaled below that. Only top-level `NAME = <int>`
+    statements change, where <int> is an integer, integer arithmetic (`16384 * 4`) or a tuple of those
+    (`input_shape = (32768,)`); expressions built from those names follow."""
+    import ast
+
+    if not scale > 0:
+        raise TaskError(f"--scale must be a positive number, got {scale}")
+    try:
+        source = Path(path).read_text()
+        tree = ast.parse(source)
+    except OSError as exc:
+        raise TaskError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except SyntaxError as exc:
+        raise TaskError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    lines = source.splitlines(keepends=True)
+    edits = []
+
+    def scaled(value: int) -> int:
+        return value if value <= SCALE_KEEP_AT_MOST else max(SCALE_KEEP_AT_MOST, round(value * scale))
+
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if value is None or len(targets) != 1 or not isinstance(targets[0], ast.Name) \
+                or value.lineno != value.end_lineno:
+            continue
+        if isinstance(value, ast.Tuple):
+            numbers = [_int_expression(e) for e in value.elts]
+            if not value.elts or any(n is None for n in numbers):
+                continue
+            items = [str(scaled(n)) for n in numbers if n is not None]
+            text = "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+        else:
+            number = _int_expression(value)
+            if number is None or number <= SCALE_KEEP_AT_MOST:
+                continue
+            text = str(scaled(number))
+        edits.append((value.lineno - 1, value.col_offset, value.end_col_offset, text))
+    for line, start, end, text in sorted(edits, reverse=True):
+        lines[line] = lines[line][:start] + text + lines[line][end:]
+    dest = Path(dest_dir) / Path(path).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(lines))
+    return dest
+
+
+def _int_expression(node: Any) -> int | None:
+    """The value of an integer literal or of +, -, *, // and ** over integer literals (`16384 * 4`);
+    None for anything else (names, calls, floats)."""
+    import ast
+    import operator
+
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+           ast.Pow: operator.pow}
+    if isinstance(node, ast.Constant):
+        return node.value if type(node.value) is int else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _int_expression(node.operand)
+        return None if inner is None else -inner
+    if isinstance(node, ast.BinOp) and type(node.op) in ops:
+        left, right = _int_expression(node.left), _int_expression(node.right)
+        if left is None or right is None or (isinstance(node.op, ast.FloorDiv) and right == 0) \
+                or (isinstance(node.op, ast.Pow) and not 0 <= right <= 64):
+            return None
+        return ops[type(node.op)](left, right)
+    return None
 
 
 def kernelbench_model(module: Any, cls: Any, seed: int, device: Any):

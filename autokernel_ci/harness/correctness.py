@@ -16,6 +16,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from autokernel_ci.errors import HarnessError
 from autokernel_ci.results import CaseEvidence, StageEvidence, finite_or_none
 
 if TYPE_CHECKING:
@@ -118,13 +119,81 @@ def reference_outputs(task: KernelTask, case: Case, args: tuple[Any, ...]) -> tu
     """The reference on float64 copies of the inputs: never the tensors the candidate saw."""
     import torch
 
+    wide = to_float64(args)
     with torch.no_grad():
         if task.kind == "kernelbench":
-            out = task.spec.reference(*to_float64(args), seed=case.seed)
+            out = task.spec.reference(*wide, seed=case.seed)
         else:
-            out = task.spec.reference(*to_float64(args))
+            out = task.spec.reference(*wide)
     outs = out if isinstance(out, tuple) else (out,)
-    return tuple(o.detach().clone() for o in outs)
+    # A copy only of an output that shares memory with an input: a full-size float64 copy of every
+    # output would double the reference's footprint.
+    shared = {a.untyped_storage().data_ptr() for a in (*wide, *args) if isinstance(a, torch.Tensor)}
+    return tuple(o.detach().clone() if isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() in shared
+                 else o.detach() for o in outs)
+
+
+def reference_outputs_within_memory(task: KernelTask, case: Case, args: tuple[Any, ...]) -> tuple[torch.Tensor, ...]:
+    """`reference_outputs` on the inputs' device; when the float64 copies do not fit there beside what the
+    card already holds (the candidate's outputs), the same on the host. Out of memory on both: a
+    `HarnessError` saying what did not fit, never the allocator's traceback."""
+    import torch
+
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+    if device.type != "cpu":
+        try:
+            return reference_outputs(task, case, args)
+        except torch.OutOfMemoryError as exc:
+            reason = _first_line(exc)
+        torch.cuda.empty_cache()
+        args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    else:
+        reason = ""
+    try:
+        return reference_outputs(task, case, args)
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        inputs = sum(a.numel() * 8 for a in args if isinstance(a, torch.Tensor))
+        where = f"on {device} ({reason}) nor on the host" if reason else "on the host"
+        raise HarnessError(f"the float64 reference of case {case.index} did not fit {where}: its float64 inputs "
+                           f"alone are {inputs / 2**30:.1f} GiB ({_first_line(exc)})") from None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError on a GPU, MemoryError, or the host allocator's RuntimeError."""
+    import torch
+
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def raise_if_out_of_memory(exc: BaseException, doing: str) -> None:
+    """A `HarnessError` saying what did not fit, when `exc` is running out of memory in the harness's own
+    work (`doing`); otherwise nothing, and the caller re-raises."""
+    if is_out_of_memory(exc):
+        raise HarnessError(f"the harness ran out of memory {doing}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _gib(t: torch.Tensor) -> str:
+    return f"{t.numel() * t.element_size() / 2**30:.1f}"
+
+
+def kernelbench_out_dtype(args: tuple[Any, ...], ref: torch.Tensor) -> torch.dtype:
+    """A KernelBench output keeps the inputs' float dtype (the reference ran in float64 only to be exact);
+    a non-float output (argmax's indices, a comparison's booleans) keeps the reference's own dtype."""
+    import torch
+
+    if not ref.is_floating_point():
+        return ref.dtype
+    first = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+    return first.dtype if first is not None else torch.float32
 
 
 def expected_dtype(spec: OpSpec, args: tuple[Any, ...]) -> torch.dtype:
@@ -143,48 +212,141 @@ class Comparison:
     message: str = ""
 
 
-def compare(out: torch.Tensor, ref: torch.Tensor, out_dtype: torch.dtype, atol: float, rtol: float) -> Comparison:
+# Elements per chunk in `compare`: its working set is about ten float64 tensors of this size (~1.3 GiB
+# at 2**24), whatever the size of the output. Tests lower it to put a case across several chunks.
+COMPARE_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class _Tally:
+    """What `compare` accumulates over the chunks, so that counts and maxima are the whole tensor's."""
+
+    nan_where_finite: int = 0
+    finite_where_nan: int = 0
+    inf_disagree: int = 0
+    any_finite: bool = False
+    bad: int = 0
+    first_bad: tuple[int, float, float] | None = None  # flat index, got, expected
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor, out_dtype: torch.dtype, atol: float, rtol: float,
+            chunk_elements: int | None = None) -> Comparison:
     """Element by element: |out − ref| ≤ atol · rms(ref row) + rtol · |ref|, NaN and ±inf only where the
-    reference (rounded to the output dtype) has them."""
+    reference (rounded to the output dtype) has them.
+
+    Rows are the last dim. The work runs in chunks of whole rows (of `chunk_elements`, default
+    `COMPARE_CHUNK_ELEMENTS`; a row longer than that is taken in pieces, its RMS summed over them
+    first), on `out`'s device, each chunk of `ref` moved there as it is needed: the working set is a
+    small multiple of one chunk, never of the output, and `ref` may live elsewhere (the host). Counts
+    and maxima are over the whole tensor."""
     import torch
 
-    expected = ref.to(out_dtype).to(torch.float64)
-    got = out.to(device=expected.device, dtype=torch.float64)
-    total = expected.numel()
-    exp_nan, got_nan = expected.isnan(), got.isnan()
-    if (got_nan & ~exp_nan).any():
-        n = int((got_nan & ~exp_nan).sum())
-        return Comparison(False, None, None, f"{n} of {total} elements are NaN where the reference is finite "
-                                             "(unwritten or uninitialised output?)")
-    if (exp_nan & ~got_nan).any():
-        n = int((exp_nan & ~got_nan).sum())
-        return Comparison(False, None, None, f"{n} of {total} elements are finite where the reference is NaN")
-    exp_inf, got_inf = expected.isinf(), got.isinf()
-    if (got_inf != exp_inf).any() or (exp_inf.any() and not torch.equal(got[exp_inf], expected[exp_inf])):
-        n = int((got_inf != exp_inf).sum())
-        return Comparison(False, None, None, f"{n} of {total} elements disagree with the reference on ±inf")
-    finite = ~(exp_nan | exp_inf)
-    if not finite.any():
+    if tuple(out.shape) != tuple(ref.shape):
+        return Comparison(False, None, None, f"shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
+    budget = max(1, int(chunk_elements or COMPARE_CHUNK_ELEMENTS))
+    total = out.numel()
+    shape = tuple(out.shape)
+    cols = shape[-1] if shape else 1
+    rows = total // cols if cols else 0
+    tally = _Tally()
+    if total:
+        got2, ref2 = out.reshape(rows, cols), ref.reshape(rows, cols)
+        device = out.device
+        if cols <= budget:
+            step = max(1, budget // cols)
+            for r0 in range(0, rows, step):
+                r1 = min(rows, r0 + step)
+                _compare_block(tally, got2[r0:r1], ref2[r0:r1], None, r0 * cols, cols, out_dtype, atol, rtol,
+                               device, scalar=not shape)
+        else:  # rows longer than a chunk: each row's sum of squares first, then the row piece by piece
+            for r in range(rows):
+                pieces = [(c0, min(cols, c0 + budget)) for c0 in range(0, cols, budget)]
+                sumsq = torch.zeros((1, 1), dtype=torch.float64, device=device)
+                for c0, c1 in pieces:
+                    expected = _expected(ref2[r:r + 1, c0:c1], out_dtype, device)
+                    sumsq += torch.where(expected.isfinite(), expected, 0.0).pow(2).sum(-1, keepdim=True)
+                scale = (sumsq / cols).sqrt()
+                for c0, c1 in pieces:
+                    _compare_block(tally, got2[r:r + 1, c0:c1], ref2[r:r + 1, c0:c1], scale, r * cols + c0, cols,
+                                   out_dtype, atol, rtol, device)
+    if tally.nan_where_finite:
+        return Comparison(False, None, None, f"{tally.nan_where_finite} of {total} elements are NaN where the "
+                                             "reference is finite (unwritten or uninitialised output?)")
+    if tally.finite_where_nan:
+        return Comparison(False, None, None,
+                          f"{tally.finite_where_nan} of {total} elements are finite where the reference is NaN")
+    if tally.inf_disagree:
+        return Comparison(False, None, None, f"{tally.inf_disagree} of {total} elements disagree with the "
+                                             "reference on ±inf")
+    if not tally.any_finite:
         return Comparison(True, 0.0, 0.0)
-    clean = torch.where(finite, expected, torch.zeros_like(expected))
-    if clean.dim() == 0:
-        scale = clean.abs()
-    else:
-        scale = clean.pow(2).mean(-1, keepdim=True).sqrt().expand_as(clean)
-    err = (got - expected).abs()
-    bound = atol * scale + rtol * clean.abs()
-    bad = finite & (err > bound)
-    err_f = torch.where(finite, err, torch.zeros_like(err))
-    rel = err_f / clean.abs().clamp_min(torch.finfo(torch.float64).tiny)
-    max_abs = finite_or_none(float(err_f.max()))
-    max_rel = finite_or_none(float(torch.where(finite & (clean != 0), rel, torch.zeros_like(rel)).max()))
-    if bad.any():
-        n = int(bad.sum())
-        first = tuple(int(i) for i in bad.nonzero()[0]) if bad.dim() else ()
+    max_abs, max_rel = finite_or_none(tally.max_abs), finite_or_none(tally.max_rel)
+    if tally.bad:
+        flat, got_v, exp_v = tally.first_bad or (0, float("nan"), float("nan"))
+        first = _unravel(flat, shape)
         return Comparison(False, max_abs, max_rel,
-                          f"{n} of {total} elements outside tolerance (first at index {first}, "
-                          f"got {float(got[first]):.6g}, expected {float(expected[first]):.6g})")
+                          f"{tally.bad} of {total} elements outside tolerance (first at index {first}, "
+                          f"got {got_v:.6g}, expected {exp_v:.6g})")
     return Comparison(True, max_abs, max_rel)
+
+
+def _expected(ref_chunk: torch.Tensor, out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The reference chunk rounded to the output dtype, then widened to float64, on `device`."""
+    import torch
+
+    return ref_chunk.to(device=device).to(out_dtype).to(torch.float64)
+
+
+def _compare_block(tally: _Tally, got_chunk: torch.Tensor, ref_chunk: torch.Tensor, scale: torch.Tensor | None,
+                   flat_start: int, cols: int, out_dtype: torch.dtype, atol: float, rtol: float,
+                   device: torch.device, scalar: bool = False) -> None:
+    """One chunk of rows (or one piece of a row, with its row's `scale` given) into the tally."""
+    import torch
+
+    expected = _expected(ref_chunk, out_dtype, device)
+    got = got_chunk.to(device=device, dtype=torch.float64)
+    exp_nan, got_nan = expected.isnan(), got.isnan()
+    tally.nan_where_finite += int((got_nan & ~exp_nan).sum())
+    tally.finite_where_nan += int((exp_nan & ~got_nan).sum())
+    del got_nan
+    exp_inf, got_inf = expected.isinf(), got.isinf()
+    tally.inf_disagree += int((got_inf != exp_inf).sum()) + int((exp_inf & got_inf & (got != expected)).sum())
+    finite = ~(exp_nan | exp_inf)
+    del exp_nan, exp_inf, got_inf
+    if not bool(finite.any()):
+        return
+    tally.any_finite = True
+    clean = torch.where(finite, expected, 0.0)
+    del expected
+    if scale is None:
+        scale = clean.abs() if scalar else clean.pow(2).sum(-1, keepdim=True).div_(cols).sqrt_()
+    err = (got - clean).abs_()
+    err.masked_fill_(~finite, 0.0)  # where the reference is not finite the checks above decided
+    del got
+    magnitude = clean.abs_()
+    bad = finite & (err > atol * scale + rtol * magnitude)
+    tally.max_abs = max(tally.max_abs, float(err.max()))
+    rel = torch.where(finite & (magnitude != 0), err / magnitude.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    tally.max_rel = max(tally.max_rel, float(rel.max()))
+    del rel
+    n_bad = int(bad.sum())
+    if n_bad:
+        if tally.first_bad is None:
+            r, c = (int(i) for i in bad.nonzero()[0])
+            expected_v = float(_expected(ref_chunk[r:r + 1, c:c + 1], out_dtype, device))
+            got_v = float(got_chunk[r, c].to(torch.float64))
+            tally.first_bad = (flat_start + r * cols + c, got_v, expected_v)
+        tally.bad += n_bad
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    index = []
+    for size in reversed(shape):
+        index.append(flat % size)
+        flat //= size
+    return tuple(reversed(index))
 
 
 def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, report: dict[str, Any],
@@ -209,7 +371,7 @@ def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, re
         return evidence
     if reference is None:
         args = make_case_inputs(spec.make_inputs, case, device)
-        refs = reference_outputs(task, case, args)
+        refs = reference_outputs_within_memory(task, case, args)
         out_dtype = expected_dtype(spec, args)
         first_dtype = args[0].dtype if args and hasattr(args[0], "dtype") else out_dtype
     else:
@@ -232,11 +394,16 @@ def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, re
         if tuple(out.shape) != tuple(ref.shape):
             evidence.message = f"output {i} has shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
             return evidence
-        want = out_dtype if task.kind != "kernelbench" else first_dtype
+        want = out_dtype if task.kind != "kernelbench" else (ref.dtype if not ref.is_floating_point() else first_dtype)
         if out.dtype != want:
             evidence.message = f"output {i} has dtype {out.dtype}, expected {want}"
             return evidence
-        result = compare(out, ref.to(out.device) if out.device != ref.device else ref, want, atol, rtol)
+        try:
+            result = compare(out, ref, want, atol, rtol)
+        except torch.OutOfMemoryError as exc:
+            raise HarnessError(f"the harness ran out of memory comparing output {i} of case {case.index} "
+                               f"({_gib(out)} GiB) in chunks of {COMPARE_CHUNK_ELEMENTS} elements: "
+                               f"{_first_line(exc)}") from None
         worst_abs = _worst(worst_abs, result.max_abs_err)
         worst_rel = _worst(worst_rel, result.max_rel_err)
         if not result.passed:
@@ -266,13 +433,26 @@ def judge_determinism(cases: list[Case], outputs: dict[int, tuple[Any, ...] | No
         if first is None or again is None:
             continue
         same = len(first) == len(again) and all(
-            isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-            and torch.equal(torch.nan_to_num(a.float()), torch.nan_to_num(b.float()))
+            isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and _same_bits(a, b)
             for a, b in zip(first, again)
         )
         if not same:
             notes.append(f"not deterministic: the same inputs (seed {case.seed}) gave different bits on a second call")
     return notes
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor, chunk_elements: int | None = None) -> bool:
+    """Equal values, NaN where NaN, chunk by chunk (a float copy of a whole large output would not fit)."""
+    import torch
+
+    step = max(1, int(chunk_elements or COMPARE_CHUNK_ELEMENTS))
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    for start in range(0, fa.numel(), step):
+        x = fa[start:start + step].to(b.device).float()
+        y = fb[start:start + step].float()
+        if not torch.equal(torch.nan_to_num(x), torch.nan_to_num(y)) or not torch.equal(x.isnan(), y.isnan()):
+            return False
+    return True
 
 
 def stage_evidence(cases: list[Case], evidence: list[CaseEvidence], notes: dict[str, list[str]]) -> list[StageEvidence]:

@@ -511,10 +511,18 @@ def _shape_timing(task: KernelTask, raw: dict[str, Any], ceilings: Any):
     dtype = DTYPES[raw["dtype"]]
     nbytes = spec.bytes_moved(raw["shape"], dtype)
     nflops = spec.flops(raw["shape"], dtype)
+    lower_bound = nbytes is None and nflops is None  # no cost model: the tensors' own bytes (harness/roofline.py)
+    if lower_bound:
+        from autokernel_ci.harness.roofline import LOWER_BOUND_LABEL, bytes_from_record
+
+        nbytes = bytes_from_record(raw)
     pct, source = (None, None)
     if raw["median_us"] > 0:
         kind = "tf32" if raw["dtype"] == "fp32" and spec.bound == "compute" else raw["dtype"]
-        pct, source = pct_of_roofline(nbytes, nflops, kind, raw["median_us"] * 1e-6, ceilings, spec.bound)
+        bound = "memory" if lower_bound else spec.bound
+        pct, source = pct_of_roofline(nbytes, nflops, kind, raw["median_us"] * 1e-6, ceilings, bound)
+        if lower_bound and source:
+            source = f"{source}, {LOWER_BOUND_LABEL}"
     return ShapeTiming(shape=dict(raw["shape"]), dtype=raw["dtype"], median_us=raw["median_us"],
                        iqr_us=raw["iqr_us"], count=raw["count"], samples_us=list(raw["samples_us"]),
                        bytes_moved=nbytes, flops=nflops, pct_roofline=pct, roofline_source=source,
@@ -590,10 +598,11 @@ def _judge(task, cases, data, device: str, plan_notes: list[str], result: EvalRe
     outputs: dict[int, tuple[Any, ...] | None] = {}
     evidence = []
     for case, report in zip(cases, data["cases"]):
-        out = data["outputs"].get(case.index)
-        out = tuple(t.to(device) for t in out) if out else None
-        outputs[case.index] = out
+        host = data["outputs"].get(case.index)
+        outputs[case.index] = host or None  # on the host: only the determinism pair is compared again
+        out = tuple(t.to(device) for t in host) if host else None
         evidence.append(judge_case(task, case, out, report, device, reference.given(case.index)))
+        del out
     notes: dict[str, list[str]] = {"shapes": list(plan_notes), "determinism": judge_determinism(cases, outputs)}
     result.stages = stage_evidence(cases, evidence, notes)
     failed = [e for e in evidence if not e.passed]

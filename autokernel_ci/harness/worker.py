@@ -186,8 +186,16 @@ def _serve_reference(ctx: _Context) -> int:
         header["kind_problem"] = _kind_problem(case.kind, args)
         try:
             recorder = ctx.anticheat.OpRecorder()
-            with torch.no_grad(), recorder:
-                out = _reference_call(ctx, case, to_float64(args))
+            try:
+                with torch.no_grad(), recorder:
+                    out = _reference_call(ctx, case, to_float64(args))
+            except torch.OutOfMemoryError:  # the float64 copies do not fit on the card: on the host instead
+                if ctx.device != "cuda":
+                    raise
+                torch.cuda.empty_cache()
+                host = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
+                with torch.no_grad(), recorder:
+                    out = _reference_call(ctx, case, to_float64(host))
             if not recorded:  # what the reference runs: a KernelBench ModelNew may not run the same
                 header["ops"] = sorted(recorder.counts())
                 recorded = True
@@ -333,13 +341,14 @@ def _time_candidate(ctx: _Context, entry: Any, plan: dict[str, Any]) -> tuple[li
     for index, shape in enumerate(plan["shapes"]):
         sets = _input_sets(ctx, shape, plan["dtype"], plan.get("seed", 1), plan.get("input_sets", 1))
         fn = _callable_for(ctx, entry, plan.get("seed", 1))
+        io = _io_bytes(ctx, fn, sets[0])
         sampled = _Sampled(ctx, fn, sets, picks, index, checked)
         samples = time_fn(sampled, input_sets=sets, device=ctx.device, **_timing_options(plan))
         if sampled.last is not None and plan.get("check_calls") and not _output_problems(ctx, sampled.last[1]):
             which, outs, call = sampled.last  # and the last timed call, whichever it was
             checked.append({"shape_index": index, "input_set": which, "call": call,
                             "outputs": tuple(_copy(ctx.torch, o) for o in outs)})
-        out.append({"shape": shape, "dtype": plan["dtype"], **samples.to_dict()})
+        out.append({"shape": shape, "dtype": plan["dtype"], **samples.to_dict(), **io})
     return out, checked
 
 
@@ -368,6 +377,15 @@ class _Sampled:
                 self.into.append({"shape_index": self.shape_index, "input_set": which, "call": self.calls,
                                   "outputs": tuple(_copy(torch, o) for o in outs)})
         return out
+
+
+def _io_bytes(ctx: _Context, fn: Any, args: tuple[Any, ...]) -> dict[str, int]:
+    """The bytes of one call's inputs and outputs (harness/roofline.py): the roofline of a task with no
+    bytes model. The call is one more warm-up call."""
+    from autokernel_ci.harness.roofline import io_bytes
+
+    with ctx.torch.no_grad():
+        return io_bytes(args, fn(*args))
 
 
 def _time_baselines(ctx: _Context, plan: dict[str, Any]) -> list[dict[str, Any]]:
