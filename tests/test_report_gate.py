@@ -365,3 +365,30 @@ def test_gate_report_records_the_fingerprint_through_json():
     again = GateReport.from_json(report.to_json())
     assert again.fingerprint == H100 and again.verdicts[0].fingerprint == H100
     assert again.verdicts[0].shapes[0].head_pct_roofline == pytest.approx(81.0 / 1.216)
+
+
+def test_a_real_cpu_gate_writes_sarif_and_its_json_reports_as_data(tmp_path, capsys, monkeypatch):
+    """`gate --sarif` on a head that writes only half the rows: the real gate's JSON, findings and SARIF."""
+    from test_gate import HALF_ROWS, RIGHT_RMSNORM, commit, config, git
+
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    monkeypatch.delenv("GITHUB_EVENT_PATH", raising=False)
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    commit(root, {".autokernel.yml": config("rmsnorm"), "kernels/rmsnorm.py": RIGHT_RMSNORM}, "base")
+    commit(root, {"kernels/rmsnorm.py": HALF_ROWS}, "write only half the rows")
+    out = tmp_path / "out"
+    assert main(["gate", "--repo", str(root), "--base", "HEAD~1", "--device", "cpu", "--json", str(out / "gate.json"),
+                 "--sarif", str(out / "gate.sarif")]) == 1
+    sarif = json.loads((out / "gate.sarif").read_text())
+    jsonschema.Draft4Validator(SCHEMA).validate(sarif)
+    results = sarif["runs"][0]["results"]
+    assert results and all(r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "kernels/rmsnorm.py"
+                           for r in results)
+    assert {"autokernel/incorrect", "autokernel/failing-case"} <= {r["ruleId"] for r in results}
+    report = GateReport.from_json((out / "gate.json").read_text())
+    assert report.fingerprint["kind"] == "cpu" and report.verdicts[0].fingerprint["kind"] == "cpu"
+    assert main(["report-gate", "--json", str(out / "gate.json"), "--markdown", str(out / "c.md"),
+                 "--repo", str(root)]) == 1
+    assert (out / "c.md").read_text().startswith("## autokernel-ci gate blocked: 1 incorrect: rmsnorm")
