@@ -392,3 +392,15 @@ def test_a_real_cpu_gate_writes_sarif_and_its_json_reports_as_data(tmp_path, cap
     assert main(["report-gate", "--json", str(out / "gate.json"), "--markdown", str(out / "c.md"),
                  "--repo", str(root)]) == 1
     assert (out / "c.md").read_text().startswith("## autokernel-ci gate blocked: 1 incorrect: rmsnorm")
+
+
+def test_history_add_keeps_gate_reports_only_and_caps_the_count(tmp_path, capsys):
+    _history(tmp_path / "src")
+    folder = tmp_path / "data-branch"
+    for name in ("run1.json", "run2.json", "run3.json"):
+        assert main(["history", str(folder), "--add", str(tmp_path / "src" / name), "--keep", "2"]) == 0
+    kept = sorted(p.name for p in folder.glob("gate-*.json"))
+    assert len(kept) == 2 and kept[0].startswith("gate-20261202") and kept[1].startswith("gate-20261203")
+    (tmp_path / "evil.json").write_text(json.dumps({"not": "a gate report"}))
+    assert main(["history", str(folder), "--add", str(tmp_path / "evil.json")]) == 2
+    assert "is not a gate report" in capsys.readouterr().err and len(list(folder.glob("gate-*.json"))) == 2

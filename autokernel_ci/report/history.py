@@ -27,6 +27,7 @@ from autokernel_ci.gate import GateReport, TaskVerdict
 from autokernel_ci.harness.device import fingerprint_label, fingerprint_mismatch
 
 TINY_ERROR = 1e-12  # an exact base (error 0) is compared as if it were this
+SERIES_FILE = "history.json"  # render_history's data, beside the charts (never read as a gate run)
 
 
 @dataclass
@@ -101,13 +102,15 @@ def points_of(report: GateReport, run: str = "") -> list[Point]:
 
 
 def load_reports(folder: str | Path) -> list[tuple[str, GateReport]]:
-    """Every gate JSON in `folder` (not recursive), oldest first by its start time; one clear error for a
-    file that is not a gate report."""
+    """Every gate JSON in `folder` (not recursive, history.json aside), oldest first by its start time; one
+    clear error for a file that is not a gate report."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AutokernelError(f"history folder not found: {folder}")
     reports = []
     for path in sorted(folder.glob("*.json")):
+        if path.name == SERIES_FILE:
+            continue  # what render_history wrote beside them
         try:
             reports.append((path.name, GateReport.from_json(path.read_text(encoding="utf-8"))))
         except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -116,6 +119,33 @@ def load_reports(folder: str | Path) -> list[tuple[str, GateReport]]:
     if not reports:
         raise AutokernelError(f"no gate JSONs (*.json) in {folder}")
     return sorted(reports, key=lambda item: (item[1].started_at, item[0]))
+
+
+def add_reports(folder: str | Path, files: Sequence[str | Path], keep: int | None = None) -> tuple[list[Path],
+                                                                                                   list[Path]]:
+    """Copy gate JSONs into `folder` (named by start time and head commit, so a re-run replaces its own), then
+    keep the newest `keep`. Each file is read as a gate report first: anything else is refused, not stored."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    added = []
+    for file in files:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+            report = GateReport.from_json(text)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise AutokernelError(f"{file} is not a gate report (`autokernel-ci gate --json`): "
+                                  f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        stamp = re.sub(r"[^0-9]", "", report.started_at)[:14] or "0"
+        target = folder / f"gate-{stamp}-{_safe_name(report.head_sha[:12] or 'head')}.json"
+        target.write_text(report.to_json() + "\n", encoding="utf-8")
+        added.append(target)
+    removed = []
+    if keep is not None:
+        runs = [path for path, _ in ((folder / name, r) for name, r in load_reports(folder))]
+        for path in runs[:-keep] if len(runs) > keep else []:
+            path.unlink()
+            removed.append(path)
+    return added, removed
 
 
 @dataclass
@@ -272,7 +302,7 @@ def render_history(folder: str | Path, out_dir: str | Path) -> tuple[Path, dict[
     charts = render_charts(all_series, out)
     table = out / "history.md"
     table.write_text(render_table(all_series, apart, charts), encoding="utf-8")
-    (out / "history.json").write_text(json.dumps({"series": [{"task": s.task, "machine": s.machine,
+    (out / SERIES_FILE).write_text(json.dumps({"series": [{"task": s.task, "machine": s.machine,
                                                               "points": [p.__dict__ for p in s.points]}
                                                              for s in all_series], "not_compared": apart},
                                                  indent=1, default=str), encoding="utf-8")
