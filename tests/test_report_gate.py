@@ -404,3 +404,14 @@ def test_history_add_keeps_gate_reports_only_and_caps_the_count(tmp_path, capsys
     (tmp_path / "evil.json").write_text(json.dumps({"not": "a gate report"}))
     assert main(["history", str(folder), "--add", str(tmp_path / "evil.json")]) == 2
     assert "is not a gate report" in capsys.readouterr().err and len(list(folder.glob("gate-*.json"))) == 2
+
+
+@pytest.mark.gpu
+def test_gpu_fingerprint_reads_the_card_and_nvidia_smi():
+    from autokernel_ci.harness.device import gpu_fingerprint
+
+    fp = gpu_fingerprint()
+    assert fp["kind"] == "cuda" and fp["name"] and fp["sm_count"] > 0 and fp["cuda_version"]
+    assert fp["driver_version"] and fp["max_sm_clock_mhz"] and fp["power_limit_w"]
+    assert fp["mig"] in ("Enabled", "Disabled") and fp["ecc"] in ("Enabled", "Disabled")
+    assert fingerprint_mismatch(fp, gpu_fingerprint()) is None
