@@ -393,6 +393,19 @@ def load_noise(path: Path, now: float | None = None,
     return noise, ratios
 
 
+def noise_from_other_hardware(path: Path, fingerprint: dict[str, Any] | None) -> str | None:
+    """Why the cached noise at `path` was measured on other hardware than `fingerprint`, or None."""
+    from autokernel_ci.harness.device import fingerprint_mismatch
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if fingerprint is None or not isinstance(data, dict):
+        return None
+    return fingerprint_mismatch(fingerprint, data.get("fingerprint"))
+
+
 def save_noise(path: Path, noise: float, ratios: Sequence[float], fingerprint: dict[str, Any] | None = None) -> None:
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -982,10 +995,12 @@ class _TaskGate:
         plan = worker.plan
         cached = {}
         for i, shape in enumerate(plan.shapes):
-            hit = load_noise(noise_cache_path(device_name, task, shape, plan.dtype, self.settings),
-                             fingerprint=self.fingerprint)
+            path = noise_cache_path(device_name, task, shape, plan.dtype, self.settings)
+            hit = load_noise(path, fingerprint=self.fingerprint)
             if hit is not None:
                 cached[i] = hit
+            elif (why := noise_from_other_hardware(path, self.fingerprint)) is not None:
+                self.say(f"{task.name}: the cached A/A noise is not used, {why}; measuring it again")
         indices = range(len(plan.shapes))
         comparisons = [{"name": "ab", "a": "base", "b": "head", "rounds": self.settings.min_rounds}]
         need_aa = len(cached) < len(plan.shapes)

@@ -355,6 +355,9 @@ def test_fingerprint_mismatch_says_why_and_the_noise_cache_refuses_other_hardwar
     gate.save_noise(path, 0.01, [1.0, 1.01], H100)
     assert gate.load_noise(path, fingerprint=dict(H100)) == (0.01, [1.0, 1.01])
     assert gate.load_noise(path, fingerprint=dict(H100, driver_version="560.28.03")) is None
+    assert gate.noise_from_other_hardware(path, dict(H100, driver_version="560.28.03")) == (
+        "different hardware: driver_version '560.28.03' vs '550.54.15'")  # this machine's first
+    assert gate.noise_from_other_hardware(path, dict(H100)) is None
     no_smi = dict(H100, max_sm_clock_mhz=None, power_limit_w=None, ecc=None, mig=None)
     gate.save_noise(path, 0.02, [1.0], no_smi)  # a runner without nvidia-smi, both times: still comparable
     assert gate.load_noise(path, fingerprint=dict(no_smi)) == (0.02, [1.0])
