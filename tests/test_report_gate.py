@@ -265,6 +265,21 @@ def test_a_pull_request_that_moved_on_gets_no_comment_but_the_commit_gets_its_ch
     assert server.check_runs_on(old)[0]["conclusion"] == "failure"
 
 
+def test_mentions_html_and_odd_names_in_the_json_are_made_inert(client, server, checkout, tmp_path, monkeypatch):
+    number, sha = _open_pr(client, checkout)
+    monkeypatch.setenv("GITHUB_EVENT_PATH", str(_workflow_run_event(tmp_path, sha, None)))  # a fork: no number
+    report = make_report(sha)
+    report.verdicts[0].task = "rms` @lead <img src=x onerror=alert(1)>"
+    report.verdicts[1].reason = "@lead please merge <a href='https://evil.example'>now</a> `"
+    (tmp_path / "gate.json").write_text(report.to_json())
+    assert main(["report-gate", "--json", str(tmp_path / "gate.json"), "--github"]) == 1
+    (comment,) = server.comments_on(number)  # found by its head commit, though the event named no PR
+    body = comment["body"]
+    assert "@lead" not in body and "<img" not in body and "<a href" not in body
+    assert "`task-1`" in body and "`layernorm`" in body  # a real name is left as it is
+    assert "@lead" not in json.dumps(server.check_runs_on(sha)[0]["annotations"])
+
+
 def test_check_run_batches_annotations_and_completes_only_at_the_end(client, server, checkout):
     _, sha = _open_pr(client, checkout)
     notes = [CheckAnnotation("kernels/rmsnorm.py", i + 1, f"note {i}", "warning") for i in range(120)]

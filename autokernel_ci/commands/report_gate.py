@@ -111,7 +111,34 @@ def load_gate_json(path: str):
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise AutokernelError(f"{path} is not a gate report (`autokernel-ci gate --json`): "
                               f"{str(exc).splitlines()[0][:200]}") from None
-    return report
+    return sanitized(report)
+
+
+_TASK_NAME = re.compile(r"[A-Za-z0-9_.:+-]{1,100}")
+
+
+def _plain(text: Any, limit: int = 2000) -> str:
+    """Text from the JSON made inert in Markdown: no mentions, no HTML, no code-span breakout, bounded."""
+    text = " ".join(str(text if text is not None else "").split())[:limit]
+    return text.replace("`", "'").replace("<", "&lt;").replace(">", "&gt;").replace("@", "@\u200b")
+
+
+def sanitized(report):
+    """The report with every string a comment shows made inert: the measuring job ran the pull request's code,
+    so its JSON may carry mentions, HTML or links meant for the reviewers. Task names that are not names
+    become `task-N`; paths that leave the repository are dropped."""
+    from dataclasses import replace
+
+    from autokernel_ci.report.sarif import safe_path
+
+    verdicts = []
+    for i, task in enumerate(report.verdicts):
+        name = task.task if isinstance(task.task, str) and _TASK_NAME.fullmatch(task.task) else f"task-{i + 1}"
+        verdicts.append(replace(task, task=name, reason=_plain(task.reason), path=safe_path(task.path),
+                                head_message=_plain(task.head_message), base_message=_plain(task.base_message)))
+    unchanged = [n if isinstance(n, str) and _TASK_NAME.fullmatch(n) else "task" for n in report.unchanged]
+    return replace(report, verdicts=verdicts, unchanged=unchanged, notes=[_plain(n) for n in report.notes],
+                   base=_plain(report.base, 100), head=_plain(report.head, 100), device=_plain(report.device, 200))
 
 
 def build_context(args: argparse.Namespace, report, run_url: str | None):
@@ -230,6 +257,15 @@ def _client():
     return GitHubClient.from_env()
 
 
+def _open_pr_at(client, sha: str) -> int | None:
+    """The open pull request whose head is `sha` (a fork's workflow_run event names none)."""
+    with client._calling("list open pull requests", "pull-requests: read"):
+        for pull in client.repo.get_pulls(state="open"):
+            if pull.head.sha == sha:
+                return pull.number
+    return None
+
+
 def _pr_is_at(client, pr: int, sha: str) -> bool:
     """The pull request's head is `sha` (a comment about another commit must not land on it)."""
     with client._calling(f"read pull request #{pr}", "pull-requests: read"):
@@ -273,19 +309,36 @@ def _publish(args, report, sha: str, pr: int | None, markdown: str, findings, bl
     from autokernel_ci.report.gate_md import headline
 
     notes = [CheckAnnotation(f.file, f.line, f.message, _LEVELS.get(f.level, "notice"), f.title) for f in findings]
+    failed = []
+
+    def step(what: str, action):
+        """One publishing step; a failure is said and the others still run (a missing permission for check
+        runs must not also cost the comment and the status)."""
+        try:
+            return action()
+        except GitHubError as exc:
+            print(f"autokernel-ci report-gate: could not {what}: {exc}", file=sys.stderr)
+            failed.append(what)
+            return None
+
     try:
         client = _client()
-        client.write_step_summary(markdown)
-        check = publish_check_run(client, sha, title=headline(report)[:255], summary=markdown, conclusion=(
-            "failure" if blocked else "success"), annotations=notes, details_url=run_url)
-        comment = None
-        if pr is not None and _pr_is_at(client, pr, sha):
-            comment = client.upsert_sticky_comment(pr, GATE_COMMENT_MARKER, markdown)
-        elif pr is None:
-            print("autokernel-ci report-gate: no pull request number (a fork's workflow_run lists none): the check "
-                  "run and status are posted, the comment is not; pass --pr N", file=sys.stderr)
-        client.set_status(sha, PERF_CONTEXT, "failure" if blocked else "success", description,
-                          target_url=(comment.url if comment else None) or check.url or run_url)
     except GitHubError as exc:
-        print(f"autokernel-ci report-gate: could not publish to GitHub: {exc}", file=sys.stderr)
-        raise AutokernelError("publishing to GitHub failed; the outputs above were written") from None
+        raise AutokernelError(f"cannot publish to GitHub: {exc}") from None
+    step("write the job summary", lambda: client.write_step_summary(markdown))
+    check = step("publish the check run", lambda: publish_check_run(
+        client, sha, title=headline(report)[:255], summary=markdown, conclusion="failure" if blocked else "success",
+        annotations=notes, details_url=run_url))
+    if pr is None:
+        pr = step("find the pull request", lambda: _open_pr_at(client, sha))
+    comment = None
+    if pr is not None and step("read the pull request", lambda: _pr_is_at(client, pr, sha)):
+        comment = step("comment", lambda: client.upsert_sticky_comment(pr, GATE_COMMENT_MARKER, markdown))
+    elif pr is None:
+        print(f"autokernel-ci report-gate: no open pull request is at {sha[:12]}: the check run and status are "
+              "posted, the comment is not", file=sys.stderr)
+    step("set the status", lambda: client.set_status(
+        sha, PERF_CONTEXT, "failure" if blocked else "success", description,
+        target_url=(comment.url if comment else None) or (check.url if check else None) or run_url))
+    if failed:
+        raise AutokernelError(f"publishing to GitHub failed ({', '.join(failed)}); the other steps were done")
