@@ -56,6 +56,8 @@ class GateSettings:
     threshold: float = 0.03
     max_minutes: float = 10.0
     all_tasks: bool = False
+    numerics_factor: float = 4.0  # a worst error vs float64 grown more than this × gets `numerics-changed`
+    numerics_blocking: bool = False  # and that note blocks the merge
 
 
 @dataclass
@@ -204,11 +206,13 @@ class _Validator:
 
     def gate(self, raw: Any) -> GateSettings:
         raw = self.mapping("gate", raw)
-        self.keys("gate", raw, {"threshold", "max_minutes", "all"})
+        self.keys("gate", raw, {"threshold", "max_minutes", "all", "numerics_factor", "numerics_blocking"})
         settings = GateSettings()
         settings.threshold = self.number("gate.threshold", raw.get("threshold", 0.03), 0.0, 1.0)
         settings.max_minutes = self.number("gate.max_minutes", raw.get("max_minutes", 10.0), 0.0, 1e4)
         settings.all_tasks = bool(raw.get("all", False))
+        settings.numerics_factor = self.number("gate.numerics_factor", raw.get("numerics_factor", 4.0), 1.0, 1e12)
+        settings.numerics_blocking = bool(raw.get("numerics_blocking", False))
         return settings
 
     def optimize(self, raw: Any) -> OptimizeSettings:

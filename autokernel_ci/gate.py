@@ -131,6 +131,9 @@ class ShapeComparison:
     base_median_us: float | None = None
     head_median_us: float | None = None
     measurements: list[Measurement] = field(default_factory=list)  # the first, then the confirmation
+    base_pct_roofline: float | None = None  # % of this GPU's roofline at the base's and the head's medians
+    head_pct_roofline: float | None = None
+    roofline_source: str | None = None  # "measured" or "datasheet" ceilings
 
     @property
     def rounds(self) -> list[int]:
@@ -162,6 +165,7 @@ class TaskVerdict:
     head_result: dict[str, Any] | None = None  # the head's whole EvalResult: stages, seeds, errors
     gpu: str | None = None  # the GPU this task was gated on (its CUDA_VISIBLE_DEVICES id), with several workers
     accepted_by: str = ""  # a policy change or removal approved on the head commit: by whom (`accept`)
+    fingerprint: dict[str, Any] | None = None  # that GPU's identity (harness.device.gpu_fingerprint)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -195,6 +199,7 @@ class GateReport:
     workers: int = 1  # tasks gated at once (one per GPU)
     merge_base: str = ""  # the commit the changed tasks were found against (what the head changed since)
     policy_changes: list[dict[str, Any]] = field(default_factory=list)  # config.PolicyChange as data
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # the machine's identity (gpu_fingerprint)
 
     @property
     def needs_acceptance(self) -> list[TaskVerdict]:
@@ -334,6 +339,25 @@ def shape_comparison(shape: dict[str, int], dtype: str, decision: stats.Decision
         head_median_us=stats.median(head) if head else None, measurements=measurements)
 
 
+def with_roofline(task: KernelTask, shape: ShapeComparison) -> ShapeComparison:
+    """The shape with the % of roofline of its base and head medians (this GPU's ceilings; unchanged when the
+    task's op has no bytes/flops model or no ceilings are known)."""
+    from autokernel_ci.harness.device import get_ceilings, pct_of_roofline
+    from autokernel_ci.ops.base import DTYPES
+
+    try:
+        spec, ceilings = task.spec, get_ceilings()
+        dtype = DTYPES[shape.dtype]
+        nbytes, nflops = spec.bytes_moved(shape.shape, dtype), spec.flops(shape.shape, dtype)
+        kind = "tf32" if shape.dtype == "fp32" and spec.bound == "compute" else shape.dtype
+        pcts = [pct_of_roofline(nbytes, nflops, kind, us * 1e-6, ceilings, spec.bound) if us else (None, None)
+                for us in (shape.base_median_us, shape.head_median_us)]
+    except Exception:  # noqa: BLE001 - a missing cost model costs the column, never the verdict
+        return shape
+    return replace(shape, base_pct_roofline=pcts[0][0], head_pct_roofline=pcts[1][0],
+                   roofline_source=pcts[1][1] or pcts[0][1])
+
+
 def combine_shapes(shapes: Sequence[ShapeComparison]) -> tuple[str, ShapeComparison]:
     """(task verdict, the shape that decided it): a confirmed regression in any shape is a regression;
     else any inconclusive shape makes the task inconclusive; else an improvement anywhere is one; else pass."""
@@ -377,8 +401,12 @@ def noise_cache_path(device_name: str, task: KernelTask, shape: dict[str, int], 
     return cache_root() / "noise" / (hashlib.sha256(ident.encode()).hexdigest()[:24] + ".json")
 
 
-def load_noise(path: Path, now: float | None = None) -> tuple[float, list[float]] | None:
-    """(noise, A/A ratios) from the cache, or None when absent, unreadable or too old."""
+def load_noise(path: Path, now: float | None = None,
+               fingerprint: dict[str, Any] | None = None) -> tuple[float, list[float]] | None:
+    """(noise, A/A ratios) from the cache, or None when absent, unreadable, too old, or (with `fingerprint`)
+    measured on other hardware: a noise from another driver, clock or power limit says nothing of this one."""
+    from autokernel_ci.harness.device import fingerprint_mismatch
+
     try:
         data = json.loads(path.read_text())
         noise, ratios, measured = float(data["noise"]), [float(r) for r in data["aa_ratios"]], float(data["time"])
@@ -387,14 +415,30 @@ def load_noise(path: Path, now: float | None = None) -> tuple[float, list[float]
     now = time.time() if now is None else now
     if not math.isfinite(noise) or noise < 0 or now - measured > NOISE_MAX_AGE_S:
         return None
+    if fingerprint is not None and fingerprint_mismatch(fingerprint, data.get("fingerprint")):
+        return None
     return noise, ratios
 
 
-def save_noise(path: Path, noise: float, ratios: Sequence[float]) -> None:
+def noise_from_other_hardware(path: Path, fingerprint: dict[str, Any] | None) -> str | None:
+    """Why the cached noise at `path` was measured on other hardware than `fingerprint`, or None."""
+    from autokernel_ci.harness.device import fingerprint_mismatch
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if fingerprint is None or not isinstance(data, dict):
+        return None
+    return fingerprint_mismatch(fingerprint, data.get("fingerprint"))
+
+
+def save_noise(path: Path, noise: float, ratios: Sequence[float], fingerprint: dict[str, Any] | None = None) -> None:
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"noise": noise, "aa_ratios": list(ratios), "time": time.time()}))
+        tmp.write_text(json.dumps({"noise": noise, "aa_ratios": list(ratios), "time": time.time(),
+                                   "fingerprint": fingerprint}))
         os.replace(tmp, path)
 
 
@@ -960,14 +1004,14 @@ def gate_trees(base_root: Path, head_root: Path, config_rel: str | Path = ".auto
                             device=_device_label(device), timings_measured=measured, threshold=threshold,
                             time_cap_s=time_cap_s, config=config_rel.as_posix(), started_at=started_at,
                             environment=_environment(), merge_base=merge_base_sha,
-                            policy_changes=[asdict(c) for c in changes])
+                            policy_changes=[asdict(c) for c in changes], fingerprint=_fingerprint(device))
         report.notes += notes
         if not measured:
             report.notes.append("timings not measured: no GPU on this machine. Kernels ran under the Triton "
                                 "interpreter for correctness only; no performance verdict was given.")
         slots = gate_slots(device, workers)
         gate = _TaskGate(base_cfg, device, measured, threshold, settings, stages, work_dir, started + time_cap_s,
-                         clock, say)
+                         clock, say, report.fingerprint)
         report.unchanged = [p.name for p in plans if p not in todo]
         report.workers = min(len(slots), max(len(todo), 1))
 
@@ -975,7 +1019,8 @@ def gate_trees(base_root: Path, head_root: Path, config_rel: str | Path = ".auto
             where = f" on GPU {slot['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in slot else ""
             say(f"{plan.name}: " + {"new": "new in head", "removed": "removed in head"}.get(plan.status, "gating")
                 + where)
-            verdict = replace(gate.verdict(plan, slot), gpu=slot.get("CUDA_VISIBLE_DEVICES"))
+            verdict = replace(gate.verdict(plan, slot), gpu=slot.get("CUDA_VISIBLE_DEVICES"),
+                              fingerprint=_fingerprint(device, slot.get("CUDA_VISIBLE_DEVICES")))
             say(f"{plan.name}: {verdict.verdict}: {verdict.reason}")
             return verdict
 
@@ -1078,6 +1123,7 @@ class _TaskGate:
     deadline: float
     clock: Callable[[], float]
     say: Callable[[str], None]
+    fingerprint: dict[str, Any] | None = None
 
     def verdict(self, plan: TaskPlan, env: dict[str, str] | None = None) -> TaskVerdict:
         """The task's verdict; `env` is what its processes add to their environment (a slot's GPU)."""
@@ -1137,9 +1183,12 @@ class _TaskGate:
         plan = worker.plan
         cached = {}
         for i, shape in enumerate(plan.shapes):
-            hit = load_noise(noise_cache_path(device_name, task, shape, plan.dtype, self.settings))
+            path = noise_cache_path(device_name, task, shape, plan.dtype, self.settings)
+            hit = load_noise(path, fingerprint=self.fingerprint)
             if hit is not None:
                 cached[i] = hit
+            elif (why := noise_from_other_hardware(path, self.fingerprint)) is not None:
+                self.say(f"{task.name}: the cached A/A noise is not used, {why}; measuring it again")
         indices = range(len(plan.shapes))
         comparisons = [{"name": "ab", "a": "base", "b": "head", "rounds": self.settings.min_rounds}]
         need_aa = len(cached) < len(plan.shapes)
@@ -1156,7 +1205,8 @@ class _TaskGate:
                 noise, ratios = noise_from_aa(worker.rounds_of(record, "aa"), self.settings.min_rounds,
                                               self.settings.confidence)
                 source = "measured"
-                save_noise(noise_cache_path(device_name, task, shape, plan.dtype, self.settings), noise, ratios)
+                save_noise(noise_cache_path(device_name, task, shape, plan.dtype, self.settings), noise, ratios,
+                           self.fingerprint)
             pending = [first_rounds]
 
             def open_session(index: int = i, pending: list = pending) -> MeasureRound:
@@ -1165,7 +1215,8 @@ class _TaskGate:
             remaining = max(self.deadline - self.clock(), 0.0)
             decision, measurements = compare(open_session, self.threshold, noise, settings=self.settings,
                                              time_cap_s=remaining, clock=self.clock)
-            shapes.append(shape_comparison(shape, plan.dtype, decision, measurements, noise, source, ratios))
+            shapes.append(with_roofline(task, shape_comparison(shape, plan.dtype, decision, measurements, noise,
+                                                               source, ratios)))
         return shapes
 
     def _timing_failed(self, verdict: TaskVerdict, exc: TimingError, head_message: str, not_timed: str) -> TaskVerdict:
@@ -1177,6 +1228,17 @@ class _TaskGate:
             return replace(verdict, verdict="fail", base_status="ok",
                            reason=f"head crashed while being timed against base: {exc}")
         return replace(verdict, verdict="error", reason=f"base vs head could not be timed: {exc}")
+
+
+def _fingerprint(device: str, gpu: str | None = None) -> dict[str, Any]:
+    """The identity of the machine (of GPU `gpu`, a CUDA_VISIBLE_DEVICES id, when the tasks are spread)."""
+    from autokernel_ci.harness.device import cpu_fingerprint, gpu_fingerprint
+    from autokernel_ci.pool import visible_gpus
+
+    if device == "cpu":
+        return cpu_fingerprint()
+    visible = visible_gpus()
+    return gpu_fingerprint(visible.index(gpu) if gpu in visible else None)
 
 
 def _device_label(device: str) -> str:

@@ -887,3 +887,102 @@ def _truncate(text: str, limit: int) -> str:
         return text
     note = "\n\n… (truncated)" if limit > 100 else "…"
     return text[: limit - len(note)] + note
+
+
+# ---------------------------------------------------------------------------------------------------
+# Check runs: the gate's verdict with its summary, and annotations at file and line
+
+CHECK_RUN_NAME = "autokernel/perf"
+MAX_ANNOTATIONS_PER_REQUEST = 50  # GitHub takes at most 50 per request; more go in further updates
+MAX_CHECK_TEXT = 65_535  # output.summary and output.text
+MAX_ANNOTATION_MESSAGE = 65_536
+CHECK_CONCLUSIONS = ("action_required", "cancelled", "failure", "neutral", "success", "skipped", "timed_out")
+ANNOTATION_LEVELS = ("notice", "warning", "failure")
+
+
+@dataclass(frozen=True)
+class CheckAnnotation:
+    """An annotation of a check run: shown on `line` of `path` in the pull request's Files tab."""
+
+    path: str
+    line: int
+    message: str
+    level: str = "failure"  # notice, warning or failure
+    title: str | None = None
+
+    def to_api(self, scrub: Any) -> dict[str, Any]:
+        if self.level not in ANNOTATION_LEVELS:
+            raise ValueError(f"annotation level must be one of {', '.join(ANNOTATION_LEVELS)}, got {self.level!r}")
+        line = max(int(self.line or 1), 1)
+        data: dict[str, Any] = {"path": self.path, "start_line": line, "end_line": line,
+                                "annotation_level": self.level,
+                                "message": scrub(_truncate(self.message or "(no message)", MAX_ANNOTATION_MESSAGE))}
+        if self.title:
+            data["title"] = scrub(_truncate(self.title, 255))
+        return data
+
+
+@dataclass(frozen=True)
+class CheckRunRef:
+    id: int
+    url: str
+    created: bool
+    annotations: int
+    requests: int  # create/update requests it took (one per 50 annotations)
+
+
+def publish_check_run(client: GitHubClient, head_sha: str, *, title: str, summary: str, text: str = "",
+                      conclusion: str | None, annotations: Sequence[CheckAnnotation] = (),
+                      name: str = CHECK_RUN_NAME, details_url: str | None = None) -> CheckRunRef:
+    """Create or complete the check run `name` on `head_sha`.
+
+    `conclusion` None leaves it in progress (the "gating …" placeholder); a conclusion completes it. A
+    check run of that name already on the commit and not yet completed (the placeholder) is updated in
+    place, so a push shows one check, not two; a completed one is left as history and a new run starts.
+    Annotations go 50 per request: the first 50 with the create or update, the rest in further updates.
+    """
+    if conclusion is not None and conclusion not in CHECK_CONCLUSIONS:
+        raise ValueError(f"check-run conclusion must be one of {', '.join(CHECK_CONCLUSIONS)}, got {conclusion!r}")
+    if not re.fullmatch(r"[0-9a-f]{40}", head_sha or ""):
+        raise GitHubError(f"a check run needs the full 40-character commit SHA, got {head_sha!r}")
+    notes = [a.to_api(client.scrub) for a in annotations]
+    batches = [notes[i:i + MAX_ANNOTATIONS_PER_REQUEST] for i in range(0, len(notes), MAX_ANNOTATIONS_PER_REQUEST)]
+
+    def output(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        data: dict[str, Any] = {"title": client.scrub(_truncate(title, 255)),
+                                "summary": client.scrub(_truncate(summary, MAX_CHECK_TEXT))}
+        if text:
+            data["text"] = client.scrub(_truncate(text, MAX_CHECK_TEXT))
+        if batch:
+            data["annotations"] = batch
+        return data
+
+    state: dict[str, Any] = {"status": "in_progress"} if conclusion is None else {"conclusion": conclusion}
+    if details_url:
+        state["details_url"] = details_url
+    action = f"publish the {name} check run on {head_sha[:7]}"
+    with client._calling(action, "checks: write"):
+        existing = next((run for run in client.repo.get_commit(head_sha).get_check_runs(check_name=name)
+                         if run.status != "completed"), None)
+    first = batches[0] if batches else []
+    requests = 0
+    with client._calling(action, "checks: write"):
+        if existing is None:
+            # Completed only once every annotation is in: a run completes with its first request otherwise.
+            initial = state if len(batches) <= 1 else {k: v for k, v in state.items() if k != "conclusion"} | {
+                "status": "in_progress"}
+            run = client.repo.create_check_run(name=name, head_sha=head_sha, output=output(first), **initial)
+            created = True
+        else:
+            run = existing
+            run.edit(output=output(first), **(state if len(batches) <= 1 else {"status": "in_progress"}))
+            created = False
+        requests += 1
+        for i, batch in enumerate(batches[1:], start=2):
+            last = i == len(batches)
+            run.edit(output=output(batch), **(state if last else {}))
+            requests += 1
+        url = run.html_url
+    log.info("%s check run %s on %s with %d annotations", "created" if created else "updated", name, head_sha[:7],
+             len(notes))
+    return CheckRunRef(run.id, url, created, len(notes), requests)

@@ -17,10 +17,22 @@ benchmarks/RESULTS.md, except device_run1.json, which keeps only the device reco
 Outputs: examples/pr_body.md and examples/gate_comment.md. Every figure in them comes from those
 files; what the runs did not record is left empty or marked so, and each file's header says which
 run it came from and what is missing.
+
+From a new GPU run instead:
+
+    python examples/render_examples.py --gate-json gate.json [--plan plan.json] [--history DIR] \
+        [--verify-base base.json --verify-head head.json] [--chart-url URL] [--run-url URL] \
+        [--eval-json eval.json --run-dir OPTIMIZE_OUT]
+
+renders gate_comment.md from that gate JSON (`autokernel-ci gate --json`) with the renderer and
+context `autokernel-ci report-check` posts (the model-level line from the profiles, numerics from the
+history), and, with --eval-json, pr_body.md from that EvalResult (`autokernel-ci eval --json`), its
+end-to-end line from the run folder's plan.json / verify.json as `autokernel-ci publish` does.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -167,8 +179,78 @@ comment, edited in place).
     return header + comment
 
 
-def main() -> None:
-    for name, text in (("pr_body.md", pr_body_example()), ("gate_comment.md", gate_comment_example())):
+def gate_comment_from_json(args: argparse.Namespace) -> str:
+    """The sticky comment of the gate run in `args.gate_json`, as `report-check` would post it."""
+    from autokernel_ci.commands.report_check import build_context, load_gate_json
+    from autokernel_ci.harness.device import fingerprint_label
+
+    report = load_gate_json(args.gate_json)
+    ns = argparse.Namespace(history=args.history, config=None, plan=args.plan, verify_base=args.verify_base,
+                            verify_head=args.verify_head, artifact_url=args.artifact_url, chart_url=args.chart_url,
+                            risk=None, repo=None)
+    context, _ = build_context(ns, report, args.run_url)
+    comment = f"{GATE_COMMENT_MARKER}\n{render_markdown(report, context)}"
+    models = "the model-level line from " + ", ".join(f"`{Path(p).name}`" for p in args.plan) if args.plan else \
+        "no profile given, so no model-level line"
+    header = f"""\
+# Example: the gate's sticky comment on a pull request
+
+Rendered by `python examples/render_examples.py --gate-json {Path(args.gate_json).name}` with
+`report/gate_md.py`, the renderer `autokernel-ci report-check` posts with, from a real gate run:
+{report.started_at[:16].replace('T', ' ')} UTC on {fingerprint_label(report.fingerprint or None)};
+base `{report.base_sha[:12]}`, head `{report.head_sha[:12]}`; {models}.
+
+Commit status `{PERF_CONTEXT}`: {"success" if report.passed else "failure"}, "{status_description(report)}".
+
+Below the line: the comment, as posted.
+
+---
+
+"""
+    return header + comment
+
+
+def pr_body_from_json(args: argparse.Namespace) -> str:
+    from autokernel_ci.commands.publish import end_to_end
+
+    result = EvalResult.from_json(Path(args.eval_json).read_text())
+    run = LoopResult(task=result.task, kernel_path=KERNEL_PATH, repo="", branch="", start_commit="", head_commit="",
+                     proposer="none", out_dir=DATA, experiments=[], start_result=None, best_result=result,
+                     stop_reason=f"the kernel as measured in {Path(args.eval_json).name}", elapsed_s=0.0, noise=None,
+                     representative=result.representative_timing, device=result.device)
+    config = RiskConfig()
+    risk = classify(get_op(result.task).family, new_file_diff(KERNEL_PATH, starter_source(result.task)), config)
+    e2e = end_to_end(Path(args.run_dir), [run]) if args.run_dir else None
+    body = render_pr_body([run], risk=risk, risk_config=config, end_to_end=e2e)
+    header = f"""\
+# Example: the body of an optimization pull request
+
+Rendered by `python examples/render_examples.py --eval-json {Path(args.eval_json).name}` with
+`report/pr_body.py`, the renderer `autokernel-ci publish` uses, from the `EvalResult` of {result.task} on
+{result.device}; {"the end-to-end line from " + Path(args.run_dir).name if e2e else "no end-to-end figure"}.
+
+---
+
+"""
+    return header + body
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Render examples/gate_comment.md and examples/pr_body.md.")
+    parser.add_argument("--gate-json", help="a gate JSON (gate --json) to render the comment from")
+    parser.add_argument("--plan", action="append", default=[], help="a model's profile (profile --json)")
+    parser.add_argument("--verify-base", action="append", default=[], help="verify --json of the base")
+    parser.add_argument("--verify-head", action="append", default=[], help="verify --json of the head")
+    parser.add_argument("--history", help="a folder of earlier gate JSONs (numerics)")
+    parser.add_argument("--chart-url", help="the history chart to link")
+    parser.add_argument("--run-url", help="the measuring run to link")
+    parser.add_argument("--artifact-url", help="the gate JSON artifact to link")
+    parser.add_argument("--eval-json", help="an EvalResult (eval --json) to render the PR body from")
+    parser.add_argument("--run-dir", help="an optimize output folder: its plan.json / verify.json")
+    args = parser.parse_args(argv)
+    outputs = [("pr_body.md", pr_body_from_json(args) if args.eval_json else pr_body_example()),
+               ("gate_comment.md", gate_comment_from_json(args) if args.gate_json else gate_comment_example())]
+    for name, text in outputs:
         (HERE / name).write_text(text)
         print(f"wrote {HERE / name}")
 

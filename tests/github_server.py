@@ -62,6 +62,11 @@ ROUTES: list[tuple[str, re.Pattern[str], str, set[str]]] = [
         ("GET", _REPO + r"/actions/permissions/fork-pr-contributor-approval", "get_fork_approval", set()),
         ("GET", _REPO + r"/branches/(?P<branch>[^/]+)/protection", "get_protection", set()),
         ("GET", _REPO + r"/rules/branches/(?P<branch>[^/]+)", "get_branch_rules", _PAGED),
+        ("POST", _REPO + r"/check-runs", "create_check_run", set()),
+        ("PATCH", _REPO + r"/check-runs/(?P<id>[0-9]+)", "update_check_run", set()),
+        ("GET", _REPO + r"/check-runs/(?P<id>[0-9]+)", "get_check_run", set()),
+        ("GET", _REPO + r"/commits/(?P<ref>[^/]+)/check-runs", "list_check_runs",
+         {"check_name", "status", "filter", "app_id"} | _PAGED),
     ]
 ]
 
@@ -78,9 +83,29 @@ BODIES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "update_comment": {"body": ((str,), True)},
     "create_status": {"state": ((str,), True), "target_url": (_OPT_STR, False),
                       "description": (_OPT_STR, False), "context": ((str,), False)},
+    "create_check_run": {"name": ((str,), True), "head_sha": ((str,), True), "details_url": ((str,), False),
+                         "external_id": ((str,), False), "status": ((str,), False), "started_at": ((str,), False),
+                         "conclusion": ((str,), False), "completed_at": ((str,), False), "output": ((dict,), False),
+                         "actions": ((list,), False)},
+    "update_check_run": {"name": ((str,), False), "head_sha": ((str,), False), "details_url": ((str,), False),
+                         "external_id": ((str,), False), "status": ((str,), False), "started_at": ((str,), False),
+                         "conclusion": ((str,), False), "completed_at": ((str,), False), "output": ((dict,), False),
+                         "actions": ((list,), False)},
 }
+CHECK_STATUSES = ("queued", "in_progress", "completed", "waiting", "requested", "pending")
+CHECK_CONCLUSIONS = ("action_required", "cancelled", "failure", "neutral", "success", "skipped", "stale",
+                     "timed_out")
+ANNOTATION_LEVELS = ("notice", "warning", "failure")
+# Check-run output fields: field → (types, required, longest text)
+CHECK_OUTPUT = {"title": ((str,), True, 65535), "summary": ((str,), True, 65535), "text": ((str,), False, 65535),
+                "annotations": ((list,), False, 0), "images": ((list,), False, 0)}
+ANNOTATION = {"path": ((str,), True), "start_line": ((int,), True), "end_line": ((int,), True),
+              "start_column": ((int,), False), "end_column": ((int,), False),
+              "annotation_level": ((str,), True), "message": ((str,), True), "title": ((str,), False),
+              "raw_details": ((str,), False)}
+MAX_ANNOTATIONS_PER_REQUEST = 50
 WRITES = {"create_pull", "update_pull", "request_reviewers", "add_labels", "remove_label", "create_comment",
-          "update_comment", "create_status"}
+          "update_comment", "create_status", "create_check_run", "update_check_run"}
 DOCS = "https://docs.github.com/rest"
 SECONDARY_MESSAGE = ("You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
                      "If you reach out to GitHub Support for help, please include the request ID.")
@@ -134,6 +159,7 @@ class Repo:
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     reviews: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     extra_shas: set[str] = field(default_factory=set)  # commits of fork PRs, reachable as refs/pull/N/head
+    check_runs: dict[int, dict[str, Any]] = field(default_factory=dict)
     next_number: int = 1
     # Settings (None: GitHub answers 404, as for a branch without protection)
     fork_pr_approval: str | None = "first_time_contributors"  # GitHub's default
@@ -238,6 +264,10 @@ class FakeGitHub:
 
     def comments_on(self, number: int) -> list[dict[str, Any]]:
         return [c for c in self.repo.comments.values() if c["issue"] == number]
+
+    def check_runs_on(self, sha: str, name: str | None = None) -> list[dict[str, Any]]:
+        """The check runs on a commit (oldest first), each with its output and every annotation it got."""
+        return [c for c in self.repo.check_runs.values() if c["head_sha"] == sha and name in (None, c["name"])]
 
     def calls(self, method: str, pattern: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == method and re.search(pattern, r.path)]
@@ -795,6 +825,127 @@ class FakeGitHub:
     def _h_get_branch_rules(self, branch: str, query: dict[str, list[str]], **_: Any) -> Any:
         rules = self.repo.rules if unquote(branch) == self.repo.default_branch else []
         return self._page(rules, query, f"/repos/{self.repo.full_name}/rules/branches/{branch}")
+    # -- check runs (https://docs.github.com/rest/checks/runs) --
+
+    def _check_output(self, output: Any) -> None:
+        for key, value in output.items():
+            if key not in CHECK_OUTPUT:
+                raise HttpError(422, f'Invalid request.\n\n"{key}" is not a permitted key.', violation=True)
+            types, _, longest = CHECK_OUTPUT[key]
+            if not isinstance(value, types):
+                raise HttpError(422, f"Invalid request.\n\nFor 'output/{key}', {value!r} is not a "
+                                f"{types[0].__name__}.", violation=True)
+            if longest and len(value) > longest:
+                raise HttpError(422, f"Invalid request.\n\nFor 'output/{key}', it is too long (maximum is {longest} "
+                                "characters).", violation=True)
+        for key, (_, required, _) in CHECK_OUTPUT.items():
+            if required and key not in output:
+                raise HttpError(422, f'Invalid request.\n\n"{key}" wasn\'t supplied.', violation=True)
+        notes = output.get("annotations", [])
+        if len(notes) > MAX_ANNOTATIONS_PER_REQUEST:
+            raise HttpError(422, "Invalid request.\n\nOnly 50 annotations are allowed per request.", violation=True)
+        for note in notes:
+            if not isinstance(note, dict):
+                raise HttpError(422, "Invalid request.\n\nAn annotation is not an object.", violation=True)
+            for key, value in note.items():
+                if key not in ANNOTATION:
+                    raise HttpError(422, f'Invalid request.\n\n"{key}" is not a permitted key.', violation=True)
+                types, _ = ANNOTATION[key]
+                if not isinstance(value, types) or isinstance(value, bool):
+                    raise HttpError(422, f"Invalid request.\n\nFor 'annotations/{key}', {value!r} is not a "
+                                    f"{types[0].__name__}.", violation=True)
+            for key, (_, required) in ANNOTATION.items():
+                if required and key not in note:
+                    raise HttpError(422, f'Invalid request.\n\n"{key}" wasn\'t supplied.', violation=True)
+            if note["annotation_level"] not in ANNOTATION_LEVELS:
+                raise HttpError(422, "Validation Failed", [{"resource": "CheckRun", "field": "annotation_level",
+                                                            "code": "invalid"}], violation=True)
+            if not 1 <= note["start_line"] <= note["end_line"]:
+                raise HttpError(422, "Validation Failed", [{"resource": "CheckRun", "field": "start_line",
+                                                            "code": "invalid"}], violation=True)
+            if ("start_column" in note or "end_column" in note) and note["start_line"] != note["end_line"]:
+                raise HttpError(422, "Validation Failed: columns need start_line == end_line", violation=True)
+            if len(note["message"]) > 65536 or len(note.get("raw_details", "")) > 65536:
+                raise HttpError(422, "Validation Failed: annotation message too long", violation=True)
+
+    def _check_run_fields(self, run: dict[str, Any], body: dict[str, Any]) -> None:
+        if "status" in body and body["status"] not in CHECK_STATUSES:
+            raise HttpError(422, "Validation Failed", [{"resource": "CheckRun", "field": "status", "code": "invalid"}],
+                            violation=True)
+        if "conclusion" in body and body["conclusion"] not in CHECK_CONCLUSIONS:
+            raise HttpError(422, "Validation Failed", [{"resource": "CheckRun", "field": "conclusion",
+                                                        "code": "invalid"}], violation=True)
+        for key in ("started_at", "completed_at"):
+            if key in body and not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body[key]):
+                raise HttpError(422, f"Invalid request.\n\n{key} is not an ISO 8601 timestamp.", violation=True)
+        if "output" in body:
+            self._check_output(body["output"])
+        completing = body.get("status") == "completed" or "completed_at" in body
+        if completing and "conclusion" not in body and run.get("conclusion") is None:
+            raise HttpError(422, "Invalid request.\n\nNo conclusion given for a completed check run.",
+                            violation=True)
+        for key in ("name", "details_url", "external_id", "started_at", "completed_at"):
+            if key in body:
+                run[key] = body[key]
+        if "status" in body:
+            run["status"] = body["status"]
+        if "conclusion" in body:  # a conclusion completes the run, as on GitHub
+            run["conclusion"], run["status"] = body["conclusion"], "completed"
+            run["completed_at"] = run.get("completed_at") or _now()
+        if "output" in body:
+            output = body["output"]
+            run["output"].update({k: output[k] for k in ("title", "summary", "text") if k in output})
+            run["annotations"] += output.get("annotations", [])  # added to those of earlier requests
+
+    def _check_run_json(self, run: dict[str, Any]) -> dict[str, Any]:
+        full = self.repo.full_name
+        url = self._api(f"/repos/{full}/check-runs/{run['id']}")
+        return {"id": run["id"], "node_id": f"CR_{run['id']}", "head_sha": run["head_sha"], "name": run["name"],
+                "external_id": run.get("external_id", ""), "url": url,
+                "html_url": self._web(f"{full}/runs/{run['id']}"), "details_url": run.get("details_url"),
+                "status": run["status"], "conclusion": run.get("conclusion"), "started_at": run.get("started_at"),
+                "completed_at": run.get("completed_at"),
+                "output": {**{k: run["output"].get(k) for k in ("title", "summary", "text")},
+                           "annotations_count": len(run["annotations"]), "annotations_url": url + "/annotations"},
+                "check_suite": {"id": 1}, "app": {"id": 15368, "slug": "github-actions", "name": "GitHub Actions"},
+                "pull_requests": []}
+
+    def _h_create_check_run(self, token: Token, body: dict[str, Any], **_: Any) -> Any:
+        if not re.fullmatch(r"[0-9a-f]{40}", body["head_sha"]):
+            raise HttpError(422, "Validation Failed", [{"resource": "CheckRun", "field": "head_sha",
+                                                        "code": "invalid"}], violation=True)
+        self._resolve(body["head_sha"])
+        run = {"id": next(self._ids), "head_sha": body["head_sha"], "name": body["name"], "status": "queued",
+               "conclusion": None, "output": {"title": None, "summary": None, "text": None}, "annotations": [],
+               "creator": token.login, "started_at": _now()}
+        self._check_run_fields(run, body)
+        self.repo.check_runs[run["id"]] = run
+        return 201, self._check_run_json(run)
+
+    def _get_check_run(self, id: str) -> dict[str, Any]:  # noqa: A002
+        run = self.repo.check_runs.get(int(id))
+        if run is None:
+            raise HttpError(404, "Not Found")
+        return run
+
+    def _h_update_check_run(self, id: str, body: dict[str, Any], **_: Any) -> Any:  # noqa: A002
+        run = self._get_check_run(id)
+        self._check_run_fields(run, body)
+        return self._check_run_json(run)
+
+    def _h_get_check_run(self, id: str, **_: Any) -> Any:  # noqa: A002
+        return self._check_run_json(self._get_check_run(id))
+
+    def _h_list_check_runs(self, ref: str, query: dict[str, list[str]], **_: Any) -> Any:
+        sha = self._resolve(ref)
+        runs = sorted((r for r in self.repo.check_runs.values() if r["head_sha"] == sha), key=lambda r: -r["id"])
+        if "check_name" in query:
+            runs = [r for r in runs if r["name"] == query["check_name"][0]]
+        if "status" in query:
+            runs = [r for r in runs if r["status"] == query["status"][0]]
+        status, page, headers = self._page([self._check_run_json(r) for r in runs], query,
+                                           f"/repos/{self.repo.full_name}/commits/{ref}/check-runs")
+        return status, {"total_count": len(runs), "check_runs": page}, headers
 
 
 def _check_comment_body(body: str) -> None:

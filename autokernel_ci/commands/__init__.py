@@ -16,7 +16,7 @@ from autokernel_ci.errors import AutokernelError
 
 COMMANDS: tuple[str, ...] = ("eval", "bench", "calibrate", "gate", "optimize", "demo", "profile", "verify", "publish",
                              "review_status", "plan", "merge", "init",
-                             "report_gate", "doctor", "kernelbench")
+                             "report_gate", "doctor", "kernelbench", "report_check", "history")
 
 EXIT_NOT_PASSED = 1
 

@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="tasks gated at once, each wholly on one GPU (default: every visible GPU; 1 on the CPU)")
     p.add_argument("--json", metavar="OUT", help="write the gate report (every verdict and sample) as JSON here")
     p.add_argument("--markdown", metavar="OUT", help="write the Markdown table here (e.g. $GITHUB_STEP_SUMMARY)")
+    p.add_argument("--sarif", metavar="OUT", help="write the findings at file and line as SARIF 2.1.0 here")
     p.add_argument("--github", action="store_true",
                    help="publish to the pull request: job summary, annotations, sticky comment, autokernel/perf "
                         "status; a policy change is lifted when a writer other than the author approved the head "
@@ -77,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         write_text(args.json, report.to_json() + "\n")
     if args.markdown:
         write_text(args.markdown, markdown)
+    if getattr(args, "sarif", None):
+        from autokernel_ci.report.sarif import sarif_json
+
+        write_text(args.sarif, sarif_json(report))
     if args.github:
         _publish(report, markdown, github)
     return report.exit_code

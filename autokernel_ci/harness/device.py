@@ -267,6 +267,7 @@ def calibrate(cache_dir: str | os.PathLike[str] | None = None) -> Ceilings:
             "matmul_n": MATMUL_N,
             "timings": timings,
             "device": info.to_dict(),
+            "fingerprint": gpu_fingerprint(),
             "argv": sys.argv,
         },
     )
@@ -397,3 +398,94 @@ def pct_of_roofline(
     if best is None:
         return None, None
     return 100.0 * best / seconds, ceilings.source
+
+
+# --- hardware identity ---------------------------------------------------------------------------
+
+# What makes two measurements comparable: the same GPU model and configuration, driver and CUDA runtime.
+# Clocks and the power limit are part of it because a capped card is a different, slower machine.
+FINGERPRINT_KEYS = ("kind", "name", "sm_count", "driver_version", "cuda_version", "max_sm_clock_mhz",
+                    "max_memory_clock_mhz", "power_limit_w", "ecc", "mig")
+_SMI_FIELDS = ("clocks.max.sm", "clocks.max.memory", "power.limit", "ecc.mode.current", "mig.mode.current")
+
+
+def gpu_fingerprint(device: Any = None) -> dict[str, Any]:
+    """The identity of the machine a measurement ran on: GPU name, SM count, driver and CUDA versions, maximum
+    SM and memory clocks, power limit, ECC and MIG mode (from torch and, where present, nvidia-smi; a field
+    nvidia-smi cannot tell is None). Without a GPU: {"kind": "cpu", "name": <the CPU>}, every other key None."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return cpu_fingerprint()
+    index = torch.cuda.current_device() if device is None else torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    props = torch.cuda.get_device_properties(index)
+    smi = _nvidia_smi_fields(index)
+    return {**dict.fromkeys(FINGERPRINT_KEYS), "kind": "cuda", "name": props.name,
+            "sm_count": int(props.multi_processor_count), "driver_version": _nvidia_driver_version(),
+            "cuda_version": torch.version.cuda,
+            "max_sm_clock_mhz": _smi_number(smi.get("clocks.max.sm")),
+            "max_memory_clock_mhz": _smi_number(smi.get("clocks.max.memory")),
+            "power_limit_w": _smi_number(smi.get("power.limit")),
+            "ecc": _smi_text(smi.get("ecc.mode.current")), "mig": _smi_text(smi.get("mig.mode.current"))}
+
+
+def cpu_fingerprint() -> dict[str, Any]:
+    """The fingerprint of a run on the CPU (the Triton interpreter): the processor's name, nothing else."""
+    return {**dict.fromkeys(FINGERPRINT_KEYS), "kind": "cpu", "name": _cpu_name()}
+
+
+def _nvidia_smi_fields(index: int) -> dict[str, str]:
+    """nvidia-smi's answers for the GPU at torch index `index` ({} when nvidia-smi is missing or fails).
+
+    Under CUDA_VISIBLE_DEVICES torch's index is not nvidia-smi's: the visible list maps one to the other.
+    """
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    target = visible[index] if index < len(visible) else str(index)
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={target}", f"--query-gpu={','.join(_SMI_FIELDS)}",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    values = [v.strip() for v in (out.strip().splitlines() or [""])[0].split(",")]
+    return dict(zip(_SMI_FIELDS, values)) if len(values) == len(_SMI_FIELDS) else {}
+
+
+def _smi_number(text: str | None) -> float | None:
+    try:
+        value = float(text or "")
+    except ValueError:
+        return None  # "[N/A]", "[Not Supported]"
+    return round(value, 1) if math.isfinite(value) else None
+
+
+def _smi_text(text: str | None) -> str | None:
+    return text if text and not text.startswith("[") else None
+
+
+def fingerprint_mismatch(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str | None:
+    """Why measurements taken on fingerprints `a` and `b` must not be compared, or None when they may be.
+
+    A missing fingerprint (a record from before fingerprints were kept) is a mismatch too: nothing says
+    it ran on the same machine. A field both sides leave None (nvidia-smi absent on both) does not count.
+    """
+    if not a or not b:
+        return "one of the measurements records no hardware fingerprint"
+    diffs = [f"{key} {a.get(key)!r} vs {b.get(key)!r}" for key in FINGERPRINT_KEYS if a.get(key) != b.get(key)]
+    return "different hardware: " + ", ".join(diffs) if diffs else None
+
+
+def fingerprint_label(fp: dict[str, Any] | None) -> str:
+    """One short line: `NVIDIA H100 80GB HBM3 · 132 SMs · driver 550.54 · CUDA 12.4 · 700 W`."""
+    if not fp:
+        return "unknown hardware"
+    if fp.get("kind") == "cpu":
+        return f"cpu: {fp.get('name')}"
+    parts = [str(fp.get("name"))]
+    for key, fmt in (("sm_count", "{} SMs"), ("driver_version", "driver {}"), ("cuda_version", "CUDA {}"),
+                     ("max_sm_clock_mhz", "{:g} MHz"), ("power_limit_w", "{:g} W"), ("ecc", "ECC {}"),
+                     ("mig", "MIG {}")):
+        if fp.get(key) is not None:
+            parts.append(fmt.format(fp[key]))
+    return " · ".join(parts)
