@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autokernel_ci.errors import CandidateError, TaskError
+from autokernel_ci.errors import CandidateError, HarnessError, TaskError
 from autokernel_ci.harness import bwrap
 from autokernel_ci.harness.session import EvaluationCancelled, Session, WorkerRun, spawn
 from autokernel_ci.results import EvalResult, Finding, Status
@@ -383,7 +383,7 @@ def _verdict(task, cases, run: WorkerRun, device: str, plan_notes: list[str], re
         doing = f"during case {received + 1} of {len(cases)}" if received < len(cases) else "while being timed"
         return _finish(result, Status.TIMEOUT, f"the candidate ran past the {timeout:g} s limit ({doing})", started)
     if data is not None and data.get("task_error"):
-        raise TaskError(f"{task.name}: {data['task_error']}")
+        raise TaskError(str(data["task_error"]))
     if data is not None and data.get("import_error"):
         return _finish(result, Status.CRASH, f"the candidate failed to import: {data['import_error']}", started)
     if run.problem is not None or data is None:
@@ -438,10 +438,12 @@ class _ReferenceSide:
             reason = self.session.process.reader.problem or (run_tail[-1][:200] if run_tail else "no output")
             first = next((m for m in self.session.process.reader.messages if m.kind == "task_error"), None)
             if first is not None:
-                raise TaskError(f"{self.task.name}: {first.header.get('error')}")
+                raise TaskError(str(first.header.get("error")))
             raise TaskError(f"{self.task.name}: the task's reference process stopped before case "
                             f"{case['index']} ({reason})")
         message = self.session.process.reader.messages[-1]
+        if message.header.get("oom"):
+            raise HarnessError(str(message.header["error"]))
         if message.header.get("error"):
             raise TaskError(f"{self.task.name}: {message.header['error']} (case {case['index']}, seed {case['seed']})")
         if self.ops is None and isinstance(message.header.get("ops"), list):

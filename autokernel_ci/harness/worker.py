@@ -92,7 +92,9 @@ def main() -> int:
     try:
         make_inputs, task_module = task_inputs_from_wire(wire, reference=mode == "reference")
     except BaseException as exc:  # noqa: BLE001 - the task's own code failed: say where
-        send({"type": "task_error", "error": _describe(exc, user_code=True)})
+        from autokernel_ci.errors import TaskError
+
+        send({"type": "task_error", "error": str(exc) if isinstance(exc, TaskError) else _describe(exc, True)})
         send({"type": "done"})
         return 0
     ctx = _Context(torch, anticheat, make_inputs, task_module, wire, request["device"], out_dir)
@@ -201,7 +203,16 @@ def _serve_reference(ctx: _Context) -> int:
                 recorded = True
             outs = tuple(o.detach() for o in (out if isinstance(out, tuple) else (out,)))
         except BaseException as exc:  # noqa: BLE001 - the user's reference failed: say where
-            header["error"] = f"the task's reference raised {_describe(exc, user_code=True)}"
+            from autokernel_ci.harness.correctness import is_out_of_memory
+
+            if is_out_of_memory(exc):  # the harness's work did not fit: not the reference's fault
+                gib = header["input_bytes"] * 2 / 2**30  # float64: at most twice the inputs' bytes
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                header["error"] = (f"the float64 reference of case {case.index} did not fit on the host: its "
+                                   f"float64 inputs alone are {gib:.1f} GiB ({first})")
+                header["oom"] = True
+            else:
+                header["error"] = f"the task's reference raised {_describe(exc, user_code=True)}"
             outs = ()
         send(header, outs)
     send({"type": "done"})
