@@ -324,7 +324,7 @@ def test_timed_path_catches_and_confirms_a_slowdown_end_to_end(tmp_path: Path, m
     root = tmp_path / "repo"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
-    tiny = config("rmsnorm") + "    shapes: [{rows: 1, dim: 8}]\n"
+    tiny = config("rmsnorm") + "    shapes: [{rows: 1, dim: 8}]\ngate:\n  threshold: 0.05\n"  # the base's policy
     commit(root, {".autokernel.yml": tiny, "kernels/rmsnorm.py": RIGHT_RMSNORM}, "base")
     commit(root, {"kernels/rmsnorm.py": SLOW_HEAD}, "slow down rmsnorm")
     settings = ABSettings(min_rounds=4, refill_rounds=4, aa_pairs=2, max_rounds=8)
