@@ -30,6 +30,7 @@ from autokernel_ci.harness.anticheat import (
     MONKEYPATCH,
     SYNTAX,
     TORCH_COMPUTE,
+    UNLISTED_OP,
     OpRecorder,
     classify_ops,
     diff_module_state,
@@ -221,15 +222,16 @@ def test_operators_are_classified_by_list_then_by_torch_tags():
     assert classify_ops(harmless) == []
     assert unclassified_ops(harmless) == []
     assert [f.operator for f in classify_ops(["aten.sinc.default"])] == ["aten.sinc.default"]  # tagged pointwise
-    # Neither listed nor tagged: not refused, but reported for a reviewer.
-    assert classify_ops(["aten.normal_.default", "mylib.fused.default"]) == []
-    assert unclassified_ops(["aten.normal_.default", "mylib.fused.default"]) == ["aten.normal_.default",
-                                                                                 "mylib.fused.default"]
+    # Neither on the allowlist nor known compute: refused too, and named for a reviewer.
+    unlisted = ["aten.normal_.default", "mylib.fused.default"]
+    assert [(f.rule, f.operator) for f in classify_ops(unlisted)] == [(UNLISTED_OP, op) for op in unlisted]
+    assert unclassified_ops(unlisted) == unlisted
+    assert classify_ops(unlisted, allowed=("aten.normal_", "mylib.fused")) == []
 
 
 def test_one_finding_per_operator_however_often_it_ran():
+    x = torch.randn(3)
     with OpRecorder() as recorder:
-        x = torch.randn(3)
         for _ in range(5):
             x = x.exp()
     assert recorder.counts()["aten.exp.default"] == 5

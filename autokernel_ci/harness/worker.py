@@ -58,6 +58,7 @@ def main(argv: list[str]) -> int:
     from autokernel_ci.harness import anticheat
     from autokernel_ci.tasks import task_inputs_from_wire
 
+    anticheat.pin_autotune_under_interpreter()  # @triton.autotune: the first config, on the CPU interpreter
     wire = request["task"]
     make_inputs, task_module = task_inputs_from_wire(wire)
     ctx = _Context(torch, anticheat, make_inputs, task_module, wire, request["device"], out_dir)
@@ -164,6 +165,9 @@ def _run_case(ctx: _Context, case: Any, entry: Any) -> dict[str, Any]:
         fn = _callable_for(ctx, entry, case.seed)
         with torch.no_grad(), recorder:
             out = fn(*args)
+            # Read through the class, under the recorder: an instance attribute (`out.detach = …`) runs nothing.
+            outs = tuple(torch.Tensor.detach(o) if type(o) is torch.Tensor else o
+                         for o in (out if type(out) is tuple else (out,)))
         if ctx.device == "cuda":
             torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - the candidate's exception is evidence, not our failure
@@ -174,7 +178,6 @@ def _run_case(ctx: _Context, case: Any, entry: Any) -> dict[str, Any]:
         report["ops"] = dict(recorder.counts())
     report["inputs_changed"] = [i for i, (a, p) in enumerate(zip(args, pristine))
                                 if isinstance(a, torch.Tensor) and not _same_bits(torch, a, p)]
-    outs = out if isinstance(out, tuple) else (out,)
     problems = []
     for i, o in enumerate(outs):
         if type(o) is not torch.Tensor:
@@ -184,7 +187,7 @@ def _run_case(ctx: _Context, case: Any, entry: Any) -> dict[str, Any]:
     if problems:
         report["output_problem"] = "; ".join(problems)
         return report
-    torch.save(tuple(o.detach().to("cpu", copy=True) for o in outs), ctx.out_dir / f"case_{case.index}.pt")
+    torch.save(tuple(torch.Tensor.to(o, "cpu", copy=True) for o in outs), ctx.out_dir / f"case_{case.index}.pt")
     return report
 
 
@@ -326,8 +329,10 @@ def _state_changes(anticheat, before) -> list[dict[str, Any]]:
 def _same_bits(torch, a, b) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if a.is_floating_point():
-        return bool(torch.equal(a.isnan(), b.isnan())) and bool(torch.equal(a.nan_to_num(), b.nan_to_num()))
+    tensor = torch.Tensor  # through the class: the candidate held `a` and may have set attributes on it
+    if tensor.is_floating_point(a):
+        return bool(torch.equal(tensor.isnan(a), tensor.isnan(b))) and bool(
+            torch.equal(tensor.nan_to_num(a), tensor.nan_to_num(b)))
     return bool(torch.equal(a, b))
 
 
