@@ -114,6 +114,8 @@ _DISPATCH = "reaches PyTorch's dispatcher internals, where operator recording ca
 _STREAMS = "creates or switches CUDA streams or graphs, where work can run outside the stream the harness times"
 _LIBRARY = "registers operator implementations, which can replace the ones the reference and the harness use"
 _HARNESS = "reaches the harness that checks, times and reports it"
+_OBSERVES = ("observes the settings the harness chooses for a call, which can tell a checked call from a "
+             "timed one")
 _SETTINGS = ("changes PyTorch's global settings, which the harness fixes for every candidate "
              "(poisoned memory, precision)")
 
@@ -167,7 +169,18 @@ _NAME_RULES: dict[str, tuple[str, str]] = {
         "torch.Stream", "torch.accelerator.set_stream", "torch.accelerator.Stream",
         "triton.testing.CudaGraph")},
     **{name: (MONKEYPATCH, _LIBRARY) for name in ("torch.library", "torch._library")},
-    **{name: (INTROSPECTION, _HARNESS) for name in ("autokernel_ci",)},
+    **{name: (INTROSPECTION, _HARNESS) for name in ("autokernel_ci", "__main__")},
+    **{name: (INTROSPECTION, _OBSERVES) for name in (
+        "torch.are_deterministic_algorithms_enabled", "torch.is_deterministic_algorithms_warn_only_enabled",
+        "torch.get_deterministic_debug_mode", "torch.utils.deterministic", "torch.is_grad_enabled",
+        "torch.is_inference_mode_enabled")},
+    **{name: (ESCAPE, _FILES) for name in (
+        "linecache", "sys.argv", "sys.orig_argv", "torch.UntypedStorage.from_file", "torch.TypedStorage.from_file",
+        "torch.ByteStorage.from_file", "torch.FloatStorage.from_file", "numpy.fromregex")},
+    **{name: (ESCAPE, _HOST) for name in (
+        "numpy.asarray", "numpy.array", "numpy.asanyarray", "numpy.ascontiguousarray", "numpy.frombuffer",
+        "numpy.copyto")},
+    **{name: (ESCAPE, _THREADS) for name in ("torch.jit.fork", "torch.jit._fork", "torch.futures")},
     **{name: (MONKEYPATCH, _SETTINGS) for name in (
         "torch.use_deterministic_algorithms", "torch.set_deterministic_debug_mode", "torch.set_default_dtype",
         "torch.set_default_device", "torch.set_default_tensor_type", "torch.set_float32_matmul_precision",
@@ -212,6 +225,12 @@ _SCALAR_METHODS = frozenset({
 })
 _IDENTITY_METHODS = frozenset({"data_ptr", "untyped_storage", "storage", "_cdata", "__hash__"})
 _BUILTIN_NAMES = frozenset(dir(builtins))
+# Tensor methods the harness reads results through: set on an instance, they would run instead.
+_TENSOR_METHODS = frozenset({
+    "detach", "to", "cpu", "cuda", "clone", "contiguous", "float", "double", "numpy", "tolist", "item", "view",
+    "reshape", "isnan", "isinf", "nan_to_num", "is_floating_point", "equal", "allclose", "copy_", "data_ptr",
+    "__eq__", "__float__", "__bool__", "__array__", "__reduce_ex__", "__deepcopy__", "storage", "untyped_storage",
+})
 _SETTERS = frozenset({"builtins.setattr", "builtins.delattr", "object.__setattr__", "builtins.object.__setattr__",
                       "builtins.object.__delattr__", "builtins.type.__setattr__"})
 
@@ -561,6 +580,11 @@ class _Scan:
             yield _Raw(MONKEYPATCH, node.attr, line,
                        f"reaches `{ast.unparse(node)}`, which can replace part of an imported module that the "
                        "reference, the harness or the timer may rely on.")
+        if isinstance(node.ctx, ast.Store) and node.attr in _TENSOR_METHODS and not _is_self(node.value) \
+                and not self.qualname(node.value):
+            yield _Raw(MONKEYPATCH, node.attr, line,
+                       f"sets `.{node.attr}` on an object, shadowing the tensor method the harness reads a "
+                       "result through.")
         if isinstance(node.ctx, (ast.Store, ast.Del)) and self.qualname(node.value):
             verb = "assigns to" if isinstance(node.ctx, ast.Store) else "deletes"
             yield _Raw(MONKEYPATCH, qualname or node.attr, line,
@@ -586,6 +610,11 @@ class _Scan:
         if looked_up:
             yield from self._name_use(looked_up, line, "looks up")
         first = self.qualname(node.args[0]) if node.args else None
+        if func in ("builtins.setattr", "builtins.delattr") and not first and len(node.args) >= 2 \
+                and _is_str(node.args[1]) and node.args[1].value in _TENSOR_METHODS:
+            yield _Raw(MONKEYPATCH, node.args[1].value, line,
+                       f"sets `.{node.args[1].value}` on an object, shadowing the tensor method the harness reads "
+                       "a result through.")
         if func in ("builtins.setattr", "builtins.delattr") and first:
             yield _Raw(MONKEYPATCH, first, line,
                        f"calls {func.split('.')[1]} on `{first}`, replacing part of an imported module that "
@@ -848,24 +877,39 @@ class _Scan:
         return set()
 
     def _returns_stored(self, fn: _Function, subject: str, stored: Iterable[str]) -> bool:
-        """Whether a tensor kept in `subject` across calls comes back as a result: `fn` returns what it stored
-        (or a view of it), or the entry point returns something read from `subject`. A workspace that is
-        only passed to kernels is not a cache of results."""
-        for func in {id(f): f for f in (fn, *self.kernel_path)}.values():
-            tainted = {subject} | (set(stored) if func is fn else set())
-            assigns = [n for n in self.local(func) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.NamedExpr))]
-            for _ in range(3):
-                before = len(tainted)
-                for node in assigns:
-                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                    if node.value is not None and self._roots(node.value) & tainted:
-                        tainted.update(_target_names(targets))
-                if len(tainted) == before:
-                    break
-            for node in self.local(func):
-                if isinstance(node, (ast.Return, ast.Yield)) and self._roots(node.value) & tainted:
-                    return True
-        return False
+        """Whether a tensor kept in `subject` across calls comes back as a result: the entry point returns
+        it (or a view of it), read from `subject` directly, through a name, or through a helper that hands it
+        out. A workspace that the entry point only passes to kernels is not a cache of results."""
+        entries = self.entry_functions or self.functions
+        leaky: set[str] = set()  # helpers (by name) that return the stored tensor
+        for _ in range(3):
+            before = len(leaky)
+            for func in self.functions:
+                if func.name not in leaky and self._leaks(func, subject, stored if func is fn else (), leaky):
+                    leaky.add(func.name)
+            if len(leaky) == before:
+                break
+        return any(self._leaks(f, subject, stored if f is fn else (), leaky) for f in entries)
+
+    def _leaks(self, func: _Function, subject: str, stored: Iterable[str], leaky: set[str]) -> bool:
+        tainted = {subject, *stored}
+
+        def reads(node: ast.AST | None) -> bool:
+            if self._roots(node) & tainted:
+                return True
+            return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in leaky
+                       for n in ast.walk(node)) if node is not None else False
+
+        assigns = [n for n in self.local(func) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.NamedExpr))]
+        for _ in range(3):
+            before = len(tainted)
+            for node in assigns:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if node.value is not None and reads(node.value):
+                    tainted.update(_target_names(targets))
+            if len(tainted) == before:
+                break
+        return any(isinstance(n, (ast.Return, ast.Yield)) and reads(n.value) for n in self.local(func))
 
     def _store(self, target: ast.AST, value: ast.AST, expr: _TensorExpr, identity: _IdentityKey,
                containers: set[str], declared_global: set[str], top_level: set[str],
