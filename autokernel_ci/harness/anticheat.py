@@ -1216,9 +1216,10 @@ def classify_ops(names: Iterable[str], allowed: Iterable[str] = ()) -> list[Find
         if name in seen:
             continue
         seen.add(name)
-        host = _host_finding(name, allow)
-        if host is not None:
-            findings.append(host)
+        if _is_host(name):
+            host = _host_finding(name, allow)
+            if host is not None:
+                findings.append(host)
             continue
         group = _classify(name)
         if group == "harmless" or _op_allowed(name, group, allow):
@@ -1234,6 +1235,11 @@ def classify_ops(names: Iterable[str], allowed: Iterable[str] = ()) -> list[Find
             operator=name,
         ))
     return findings
+
+
+def _is_host(name: str) -> bool:
+    namespace, base, _ = _parse_op(name)
+    return name.startswith(HOST_PREFIX) or (namespace == "aten" and base in SCALAR_READS)
 
 
 def _host_finding(name: str, allow: frozenset[str]) -> Finding | None:
@@ -1269,7 +1275,7 @@ def unclassified_ops(names: Iterable[str], allowed: Iterable[str] = ()) -> list[
     allow = frozenset(allowed)
     result: list[str] = []
     for name in dict.fromkeys(names):
-        if name.startswith(HOST_PREFIX):
+        if _is_host(name):
             continue
         if _classify(name) is None and not _op_allowed(name, None, allow):
             result.append(name)

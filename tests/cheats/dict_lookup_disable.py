@@ -1,8 +1,9 @@
-"""Reaches torch._C through getattr(torch, "__dict__"), then switches the operator recorder off."""
+"""Reaches torch._C through the `__dict__` of a module held in a list, then switches the operator recorder off."""
 
 import torch
 
-_namespace = torch.__dict__
+_modules = [torch]
+_namespace = _modules[0].__dict__
 
 
 def kernel_fn(x):
