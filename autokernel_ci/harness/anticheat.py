@@ -43,7 +43,7 @@ import builtins
 import importlib
 import sys
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -398,13 +398,10 @@ class _Scan:
         self._local: dict[int, list[ast.AST]] = {}
         self.entry_functions = self._entry_functions(entry)
         self.kernel_path = self._kernel_path()
-        bound = [n for n in self.tree.body if isinstance(n, ast.Assign)]
-        assigned_once = {t.id for n in bound for t in n.targets if isinstance(t, ast.Name)}
-        rebound = {n.id for n in self.of(ast.Name) if isinstance(n.ctx, ast.Store)}
-        self.literal_globals = {t.id for n in bound for t in n.targets if isinstance(t, ast.Name)
-                                and isinstance(n.value, ast.Constant)} & assigned_once
-        self.literal_globals -= {name for name in rebound if sum(
-            1 for n in self.of(ast.Name) if isinstance(n.ctx, ast.Store) and n.id == name) > 1}
+        # Module-level names bound once, to a constant: a handler returning one supplies a default value.
+        stores = Counter(n.id for n in self.of(ast.Name) if isinstance(n.ctx, ast.Store))
+        self.literal_globals = {t.id for n in self.tree.body if isinstance(n, ast.Assign) for t in n.targets
+                                if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant) and stores[t.id] == 1}
 
     def of(self, *types: type) -> list[Any]:
         """Every node of the given types, in walk order within each type."""
@@ -576,10 +573,6 @@ class _Scan:
         elif node.attr == "__dict__" and not _is_self(node.value):
             yield _Raw(INTROSPECTION, "__dict__", line,
                        f"reads the `__dict__` of `{ast.unparse(node.value)}`, a namespace, which {_SYS_MODULES}.")
-        if node.attr in ("__setattr__", "__delattr__") and not _is_self(node.value):
-            yield _Raw(MONKEYPATCH, node.attr, line,
-                       f"reaches `{ast.unparse(node)}`, which can replace part of an imported module that the "
-                       "reference, the harness or the timer may rely on.")
         if isinstance(node.ctx, ast.Store) and node.attr in _TENSOR_METHODS and not _is_self(node.value) \
                 and not self.qualname(node.value):
             yield _Raw(MONKEYPATCH, node.attr, line,
