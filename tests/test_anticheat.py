@@ -843,3 +843,14 @@ def test_autotune_runs_its_first_config_under_the_interpreter(monkeypatch):
     assert [c.kwargs for c in Autotuner.prune_configs(tuner, {})] == [{"ROWS": 1}]
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not anticheat.pin_autotune_under_interpreter()
+
+
+def test_a_custom_tasks_own_input_factory_gets_no_hidden_shapes_and_says_so():
+    import dataclasses
+
+    from autokernel_ci.harness.correctness import plan_cases
+
+    custom = dataclasses.replace(rmsnorm.SPEC, family="custom")
+    cases, notes = plan_cases(custom, "cpu", seed=1, stages=("shapes",))
+    assert [c.shape for c in cases] == [dict(s) for s in custom.test_shapes]
+    assert any("no hidden shapes" in n for n in notes)

@@ -72,7 +72,9 @@ def plan_cases(spec: OpSpec, device: str, seed: int | None = None, stages: tuple
                 add("shapes", shape, bench_dtype)
         elif spec.bench_shapes and spec.bench_shapes != ({},):
             notes.append("benchmark shapes not checked on the CPU interpreter (too slow); the GPU run checks them")
-        if spec.dims:
+        if spec.dims and spec.family == "custom" and spec.shape_family is None:
+            notes.append("no hidden shapes: a custom task's input factory may not accept every shape")
+        elif spec.dims:
             hidden_seed = rng.randrange(1, 2**31 - 1)
             hidden = hidden_shapes(spec, hidden_seed, device)
             for shape in hidden:
