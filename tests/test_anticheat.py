@@ -25,11 +25,13 @@ from autokernel_ci.harness.anticheat import (
     CUDA_STREAM,
     ESCAPE,
     FALLBACK,
+    HOST_TRANSFER,
     INTROSPECTION,
     MODULE_STATE,
     MONKEYPATCH,
     SYNTAX,
     TORCH_COMPUTE,
+    UNLISTED_OP,
     OpRecorder,
     classify_ops,
     diff_module_state,
@@ -88,9 +90,25 @@ STATIC_CHEATS: dict[str, list[tuple[str, str]]] = {
     "result_cache": [(CACHE, "_RESULTS[key] = out")],
     "replay_after_warmup": [(CACHE, "_last[key] = y2.view(x.shape)")],
     "memoised_kernel_fn": [(CACHE, "def kernel_fn")],
+    "garbage_when_timed": [(INTROSPECTION, "torch.are_deterministic_algorithms_enabled()")],
+    "threading_softmax": [(ESCAPE, "import threading")],
+    "executor_softmax": [(ESCAPE, "from concurrent.futures")],
+    "instance_detach": [(MONKEYPATCH, "y.detach = ")],
+    "numpy_softmax": [(ESCAPE, "np.asarray(")],
+    "seeds_from_argv": [(ESCAPE, "import linecache"), (ESCAPE, "sys.argv[-1]")],
+    "seeds_from_storage": [(ESCAPE, "torch.UntypedStorage.from_file(")],
+    "attrgetter_disable": [(INTROSPECTION, 'operator.attrgetter("_C")(torch)'), (INTROSPECTION, "_DisableTorch")],
+    "partial_setattr": [(MONKEYPATCH, "_patch = functools.partial(")],
+    "dict_lookup_disable": [(INTROSPECTION, "_namespace = _modules[0].__dict__")],
+    "harness_recorder_swap": [(INTROSPECTION, "from autokernel_ci.harness import anticheat"),
+                              (MONKEYPATCH, "anticheat.OpRecorder = _Blind")],
 }
-# Cheats that look clean to the static checks and are caught while they run.
-DYNAMIC_CHEATS = ("torch_softmax", "vendor_rmsnorm", "partial_torch_rmsnorm")
+# Cheats that look clean to the static checks of their own source and are caught by judging (the operator
+# allowlist, host transfers, hidden shapes, reading results through the class) or by scanning what they import.
+DYNAMIC_CHEATS = ("torch_softmax", "vendor_rmsnorm", "partial_torch_rmsnorm", "bilinear_rmsnorm",
+                  "weight_norm_rmsnorm", "prims_softmax", "sparse_softmax", "instance_detach_setattr",
+                  "python_scalar_rmsnorm", "cpu_roundtrip_softmax", "tile_capped_4096", "known_shapes_table",
+                  "unmasked_tail_loop", "garbage_after_warmup_calls", "module_name_probe", "sibling_module")
 
 
 @pytest.mark.parametrize("name", sorted(STATIC_CHEATS))
@@ -221,15 +239,16 @@ def test_operators_are_classified_by_list_then_by_torch_tags():
     assert classify_ops(harmless) == []
     assert unclassified_ops(harmless) == []
     assert [f.operator for f in classify_ops(["aten.sinc.default"])] == ["aten.sinc.default"]  # tagged pointwise
-    # Neither listed nor tagged: not refused, but reported for a reviewer.
-    assert classify_ops(["aten.normal_.default", "mylib.fused.default"]) == []
-    assert unclassified_ops(["aten.normal_.default", "mylib.fused.default"]) == ["aten.normal_.default",
-                                                                                 "mylib.fused.default"]
+    # Neither on the allowlist nor known compute: refused too, and named for a reviewer.
+    unlisted = ["aten.normal_.default", "mylib.fused.default"]
+    assert [(f.rule, f.operator) for f in classify_ops(unlisted)] == [(UNLISTED_OP, op) for op in unlisted]
+    assert unclassified_ops(unlisted) == unlisted
+    assert classify_ops(unlisted, allowed=("aten.normal_", "mylib.fused")) == []
 
 
 def test_one_finding_per_operator_however_often_it_ran():
+    x = torch.randn(3)
     with OpRecorder() as recorder:
-        x = torch.randn(3)
         for _ in range(5):
             x = x.exp()
     assert recorder.counts()["aten.exp.default"] == 5
@@ -610,7 +629,8 @@ def test_operator_entries_in_the_allow_list_do_not_affect_static_checks():
 
 
 def test_scanning_a_300_line_file_takes_well_under_50_ms():
-    source = "\n".join(p.read_text() for p in [*HONEST, *HONEST, *HONEST, *HONEST])
+    two = [TESTS / "candidates" / "honest_rmsnorm.py", TESTS / "candidates" / "honest_softmax.py"]
+    source = "\n".join(p.read_text() for p in [*two, *two, *two, *two])
     source += "\n" + (CHEATS / "result_cache.py").read_text()
     assert len(source.splitlines()) >= 300
     scan_source(source)
@@ -638,3 +658,199 @@ def test_the_static_checks_do_not_import_torch():
 
 def test_the_recorder_class_is_built_once():
     assert anticheat.OpRecorder is anticheat.OpRecorder
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging v2: the operator allowlist, host transfers, hidden shapes, aliases, imported files,
+# defaults and workspaces, autotune on the interpreter.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, why", [
+    ("aten._trilinear.default", "not on the allowlist"),
+    ("aten._weight_norm_interface.default", "not on the allowlist"),
+    ("prims.exp.default", "outside ATen"),
+    ("aten._sparse_softmax.default", "sparse"),
+    ("aten._to_sparse.default", "sparse"),
+])
+def test_operators_off_the_allowlist_are_refused_and_named(name, why):
+    (finding,) = classify_ops([name])
+    assert finding.rule == UNLISTED_OP and finding.operator == name and why in finding.message
+    assert classify_ops([name], allowed=(name,)) == []
+
+
+@pytest.mark.parametrize("name", ["aten._local_scalar_dense.default", "aten.item.default", "aten.is_nonzero.default",
+                                  f"{anticheat.HOST_PREFIX}aten._to_copy.default"])
+def test_scalar_reads_and_host_copies_are_host_transfers(name):
+    (finding,) = classify_ops([name])
+    assert finding.rule == HOST_TRANSFER
+    # Naming the operator (what a KernelBench task does for every operator its reference does not run)
+    # does not exempt a transfer; only the task's explicit entry does.
+    assert classify_ops([name], allowed=(name, "dynamic.torch-compute")) != []
+    assert classify_ops([name], allowed=("host-transfer",)) == []
+
+
+def test_the_recorder_sees_python_scalar_reads_on_any_device():
+    x = torch.randn(4, device=DEVICE)
+    with OpRecorder() as recorder:
+        float(x[0])
+    assert HOST_TRANSFER in {f.rule for f in classify_ops(recorder.ops)}
+
+
+def test_copies_on_one_device_are_not_host_transfers():
+    x = torch.randn(4, 3, device=DEVICE)
+    with OpRecorder() as recorder:
+        y = x.t().contiguous()
+        y.copy_(x.t())
+        x.to(torch.float16)
+    assert not any(op.startswith(anticheat.HOST_PREFIX) for op in recorder.ops)
+    assert classify_ops(recorder.ops) == []
+
+
+@pytest.mark.gpu
+def test_a_copy_between_host_and_gpu_is_recorded_as_a_host_transfer():
+    x = torch.randn(4, device="cuda")
+    with OpRecorder() as recorder:
+        x.cpu()
+        torch.empty(4).to("cuda")
+    assert [f.rule for f in classify_ops(recorder.ops)] == [HOST_TRANSFER]
+
+
+def test_every_hidden_shape_is_new_and_drawn_from_the_family():
+    from autokernel_ci.harness.correctness import CPU_HIDDEN_ELEMENTS, hidden_shapes, plan_cases
+
+    spec = rmsnorm.SPEC
+    shapes = hidden_shapes(spec, 123, "cpu")
+    assert shapes == hidden_shapes(spec, 123, "cpu") and shapes != hidden_shapes(spec, 124, "cpu")
+    widths = [s["dim"] for s in shapes]
+    assert widths[0] > 4096 and widths[1] > max(s["dim"] for s in spec.bench_shapes) and widths[2] < 4096
+    assert all(w % 2 for w in widths) and shapes[0]["rows"] == 1
+    assert all(s["rows"] * s["dim"] <= CPU_HIDDEN_ELEMENTS for s in shapes)
+    assert not any(s in [dict(t) for t in (*spec.test_shapes, *spec.bench_shapes)] for s in shapes)
+    cases, notes = plan_cases(spec, "cpu", seed=5, stages=("shapes",))
+    assert [c.shape for c in cases[-3:]] == hidden_shapes(spec, int(notes[-1].split("seed ")[1].split(")")[0]), "cpu")
+    assert "hidden shapes" in notes[-1]
+    fresh = {tuple(plan_cases(spec, "cpu", stages=("shapes",))[0][-1].shape.values()) for _ in range(4)}
+    assert len(fresh) > 1  # no seed given: new shapes every evaluation
+
+
+def test_hidden_shapes_keep_dims_even_where_every_declared_shape_has_them_even():
+    from autokernel_ci.harness.correctness import hidden_shapes
+    from autokernel_ci.ops import get_op
+
+    rope = get_op("rope")
+    assert all(s["D"] % 2 == 0 for s in hidden_shapes(rope, 9, "cpu") + hidden_shapes(rope, 9, "cuda"))
+    assert len(hidden_shapes(rope, 9, "cuda")) == 5
+
+
+@pytest.mark.parametrize("source, rule", [
+    ("import operator\nimport torch\n_c = operator.attrgetter('_C')(torch)\n", INTROSPECTION),
+    ("import operator\nimport torch\nget = operator.attrgetter('_' + 'C')\n", INTROSPECTION),
+    ("import functools\nimport torch\np = functools.partial(setattr, torch)\n", MONKEYPATCH),
+    ("import torch\nlist(map(setattr, [torch], ['x'], [1]))\n", MONKEYPATCH),
+    ("import torch\nmods = [torch]\nns = mods[0].__dict__\n", INTROSPECTION),
+    ("import torch\nmods = [torch]\nns = vars(mods[0])\n", INTROSPECTION),
+    ("import torch\nns = getattr(torch.nn, '__dict__')\n", INTROSPECTION),
+    ("from autokernel_ci.harness import anticheat\n", INTROSPECTION),
+    ("import __main__\n", INTROSPECTION),
+    ("def kernel_fn(x):\n    y = x.clone()\n    setattr(y, 'detach', lambda: x)\n    return y\n", MONKEYPATCH),
+])
+def test_aliases_and_namespaces_are_resolved(source, rule):
+    assert rule in {f.rule for f in scan_source(source)}
+
+
+def test_the_scan_follows_imports_into_the_candidates_folder(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("from .inner import helper\n")
+    (tmp_path / "pkg" / "inner.py").write_text("import os\n\n\ndef helper():\n    return os.environ['GITHUB_TOKEN']\n")
+    (tmp_path / "util.py").write_text("import torch\n\n\ndef quiet():\n    return torch._C._DisableTorchDispatch()\n")
+    (tmp_path / "unused.py").write_text("import subprocess\n")
+    candidate = tmp_path / "kernel.py"
+    candidate.write_text("import torch\nimport util\nfrom pkg import helper\n\n\ndef kernel_fn(x):\n    return x\n")
+    found = {(f.rule, f.line, f.operator) for f in anticheat.scan_candidate(candidate)}
+    assert found == {(INTROSPECTION, 5, "util.py"), (ESCAPE, 5, "pkg/inner.py")}
+    assert scan_source(candidate.read_text()) == []
+
+
+def test_a_handler_that_only_supplies_a_default_value_is_not_a_fallback():
+    source = """
+        import torch
+
+        DEFAULT_SMS = 132
+
+        def _sms(device):
+            try:
+                return torch.cuda.get_device_properties(device).multi_processor_count
+            except (RuntimeError, ValueError):
+                return DEFAULT_SMS
+
+        def _tile(n):
+            try:
+                return int(n).bit_length()
+            except TypeError:
+                return (8, 4)
+
+        def kernel_fn(x):
+            return _sms(x.device), _tile(x.shape[-1])
+    """
+    assert findings_of(source) == set()
+    assert findings_of(source.replace("return DEFAULT_SMS", "return x.sum()")) == {(FALLBACK, 9)}
+
+
+def test_a_workspace_kept_across_calls_is_allowed_unless_it_is_returned():
+    source = """
+        import torch
+
+        _WORKSPACE = {}
+
+        def _workspace(n, device):
+            buf = _WORKSPACE.get(device)
+            if buf is None or buf.numel() < n:
+                buf = torch.empty(n, device=device)
+                _WORKSPACE[device] = buf
+            return buf
+
+        def kernel_fn(x):
+            ws = _workspace(x.shape[0], x.device)
+            y = torch.empty_like(x)
+            launch(x, ws, y)
+            return RESULT
+    """
+    assert findings_of(source.replace("RESULT", "y")) == set()
+    assert findings_of(source.replace("RESULT", "ws")) == {(CACHE, 10)}
+    assert findings_of(source.replace("RESULT", "ws[: x.shape[0]].view(x.shape)")) == {(CACHE, 10)}
+
+
+def test_adding_a_name_to_the_harness_modules_is_a_change(monkeypatch):
+    before = snapshot_module_state()
+    monkeypatch.setattr(anticheat, "OpRecorder", object, raising=False)
+    (finding,) = diff_module_state(before, snapshot_module_state())
+    assert finding.rule == MODULE_STATE and finding.operator == "autokernel_ci.harness.anticheat.OpRecorder"
+
+
+def test_autotune_runs_its_first_config_under_the_interpreter(monkeypatch):
+    import triton
+    from triton.runtime.autotuner import Autotuner
+
+    monkeypatch.setattr(Autotuner, "prune_configs", Autotuner.prune_configs)  # undone after the test
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert anticheat.pin_autotune_under_interpreter()
+    tuner = Autotuner.__new__(Autotuner)
+    tuner.configs = [triton.Config({"ROWS": 1}), triton.Config({"ROWS": 2})]
+    tuner.early_config_prune = None
+    tuner.perf_model = None
+    tuner.configs_top_k = 1.0
+    assert [c.kwargs for c in Autotuner.prune_configs(tuner, {})] == [{"ROWS": 1}]
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not anticheat.pin_autotune_under_interpreter()
+
+
+def test_a_custom_tasks_own_input_factory_gets_no_hidden_shapes_and_says_so():
+    import dataclasses
+
+    from autokernel_ci.harness.correctness import plan_cases
+
+    custom = dataclasses.replace(rmsnorm.SPEC, family="custom")
+    cases, notes = plan_cases(custom, "cpu", seed=1, stages=("shapes",))
+    assert [c.shape for c in cases] == [dict(s) for s in custom.test_shapes]
+    assert any("no hidden shapes" in n for n in notes)

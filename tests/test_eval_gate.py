@@ -161,7 +161,9 @@ def test_patching_the_reference_inside_the_candidate_changes_nothing(tmp_path: P
         "target.reference = lambda x, weight, eps=1e-6: torch.zeros_like(x)\n"
         "def kernel_fn(x, weight, eps=1e-6):\n    return torch.empty_like(x).zero_()\n"
     )
-    result = run(tmp_path, source, allow=("static.monkeypatch", "dynamic.torch-compute"), stages=("smoke",))
+    # Importing the harness's package is refused by the scan too: allowed here, to reach the worker.
+    result = run(tmp_path, source, allow=("static.monkeypatch", "autokernel_ci", "dynamic.torch-compute"),
+                 stages=("smoke",))
     assert result.status is Status.FAIL
     assert "outside tolerance" in result.message
 

@@ -43,9 +43,10 @@ import builtins
 import importlib
 import sys
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autokernel_ci.results import Finding
@@ -61,12 +62,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only; see __getattr__ 
 
 __all__ = [
     "DYNAMIC_RULES",
+    "HARMLESS_OPS",
     "OP_GROUPS",
     "STATIC_RULES",
     "WATCHED_NAMESPACES",
     "OpRecorder",
     "classify_ops",
     "diff_module_state",
+    "scan_candidate",
     "scan_source",
     "snapshot_module_state",
     "unclassified_ops",
@@ -80,10 +83,12 @@ CUDA_STREAM = "static.cuda-stream"
 CACHE = "static.cache"
 SYNTAX = "static.syntax"
 TORCH_COMPUTE = "dynamic.torch-compute"
+UNLISTED_OP = "dynamic.operator"
+HOST_TRANSFER = "dynamic.host-transfer"
 MODULE_STATE = "dynamic.module-state"
 
 STATIC_RULES = (MONKEYPATCH, INTROSPECTION, ESCAPE, FALLBACK, CUDA_STREAM, CACHE, SYNTAX)
-DYNAMIC_RULES = (TORCH_COMPUTE, MODULE_STATE)
+DYNAMIC_RULES = (TORCH_COMPUTE, UNLISTED_OP, HOST_TRANSFER, MODULE_STATE)
 
 # ---------------------------------------------------------------------------------------------
 # Static checks: what is refused, and why (the reason completes the sentence "uses X, which …").
@@ -108,6 +113,9 @@ _TRACE = "hooks every call the harness makes"
 _DISPATCH = "reaches PyTorch's dispatcher internals, where operator recording can be switched off"
 _STREAMS = "creates or switches CUDA streams or graphs, where work can run outside the stream the harness times"
 _LIBRARY = "registers operator implementations, which can replace the ones the reference and the harness use"
+_HARNESS = "reaches the harness that checks, times and reports it"
+_OBSERVES = ("observes the settings the harness chooses for a call, which can tell a checked call from a "
+             "timed one")
 _SETTINGS = ("changes PyTorch's global settings, which the harness fixes for every candidate "
              "(poisoned memory, precision)")
 
@@ -161,6 +169,18 @@ _NAME_RULES: dict[str, tuple[str, str]] = {
         "torch.Stream", "torch.accelerator.set_stream", "torch.accelerator.Stream",
         "triton.testing.CudaGraph")},
     **{name: (MONKEYPATCH, _LIBRARY) for name in ("torch.library", "torch._library")},
+    **{name: (INTROSPECTION, _HARNESS) for name in ("autokernel_ci", "__main__")},
+    **{name: (INTROSPECTION, _OBSERVES) for name in (
+        "torch.are_deterministic_algorithms_enabled", "torch.is_deterministic_algorithms_warn_only_enabled",
+        "torch.get_deterministic_debug_mode", "torch.utils.deterministic", "torch.is_grad_enabled",
+        "torch.is_inference_mode_enabled")},
+    **{name: (ESCAPE, _FILES) for name in (
+        "linecache", "sys.argv", "sys.orig_argv", "torch.UntypedStorage.from_file", "torch.TypedStorage.from_file",
+        "torch.ByteStorage.from_file", "torch.FloatStorage.from_file", "numpy.fromregex")},
+    **{name: (ESCAPE, _HOST) for name in (
+        "numpy.asarray", "numpy.array", "numpy.asanyarray", "numpy.ascontiguousarray", "numpy.frombuffer",
+        "numpy.copyto")},
+    **{name: (ESCAPE, _THREADS) for name in ("torch.jit.fork", "torch.jit._fork", "torch.futures")},
     **{name: (MONKEYPATCH, _SETTINGS) for name in (
         "torch.use_deterministic_algorithms", "torch.set_deterministic_debug_mode", "torch.set_default_dtype",
         "torch.set_default_device", "torch.set_default_tensor_type", "torch.set_float32_matmul_precision",
@@ -205,6 +225,14 @@ _SCALAR_METHODS = frozenset({
 })
 _IDENTITY_METHODS = frozenset({"data_ptr", "untyped_storage", "storage", "_cdata", "__hash__"})
 _BUILTIN_NAMES = frozenset(dir(builtins))
+# Tensor methods the harness reads results through: set on an instance, they would run instead.
+_TENSOR_METHODS = frozenset({
+    "detach", "to", "cpu", "cuda", "clone", "contiguous", "float", "double", "numpy", "tolist", "item", "view",
+    "reshape", "isnan", "isinf", "nan_to_num", "is_floating_point", "equal", "allclose", "copy_", "data_ptr",
+    "__eq__", "__float__", "__bool__", "__array__", "__reduce_ex__", "__deepcopy__", "storage", "untyped_storage",
+})
+_SETTERS = frozenset({"builtins.setattr", "builtins.delattr", "object.__setattr__", "builtins.object.__setattr__",
+                      "builtins.object.__delattr__", "builtins.type.__setattr__"})
 
 
 @dataclass(frozen=True)
@@ -243,6 +271,75 @@ def scan_source(source: str, allow: Iterable[str] = (), *, entry: str = "kernel_
         if not _allowed(raw, allowed):
             kept.setdefault((raw.rule, raw.line), Finding(raw.rule, raw.message, line=raw.line))
     return list(kept.values())
+
+
+def scan_candidate(path: str | Path, source: str | None = None, allow: Iterable[str] = (), *,
+                   entry: str = "kernel_fn") -> list[Finding]:
+    """`scan_source` over the candidate and every file of its folder that it imports, directly or not.
+
+    The worker puts the candidate's folder first on `sys.path`, so `import helpers`, `from pkg import
+    mod` and relative imports there load repository code that runs inside the call as the candidate
+    does; a finding in such a file names it (`in helpers.py: …`). Imports that resolve outside the
+    folder (torch, triton) are the watched namespaces' business, not scanned here.
+    """
+    path = Path(path)
+    root = path.resolve().parent
+    text = path.read_text() if source is None else source
+    findings = scan_source(text, allow, entry=entry)
+    seen = {path.resolve()}
+    todo = [(path.resolve(), text)]
+    while todo:
+        current, current_source = todo.pop()
+        for imported in _imported_files(current, current_source, root):
+            if imported in seen:
+                continue
+            seen.add(imported)
+            try:
+                imported_source = imported.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                findings.append(Finding(SYNTAX, f"in {imported.relative_to(root)}: cannot be read ({exc}), so "
+                                        "it cannot be checked."))
+                continue
+            label = imported.relative_to(root).as_posix()
+            for finding in scan_source(imported_source, allow, entry=entry):
+                findings.append(Finding(finding.rule, f"in {label}: {finding.message}", line=finding.line,
+                                        operator=label))
+            todo.append((imported, imported_source))
+    return findings
+
+
+def _imported_files(path: Path, source: str, root: Path) -> list[Path]:
+    """The files under `root` that `source` (the file at `path`) imports, as the worker's `sys.path` finds them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    names: list[tuple[Path, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [(root, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = root
+            if node.level:
+                base = path.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+            module = node.module or ""
+            names.append((base, module))
+            names += [(base, f"{module}.{alias.name}" if module else alias.name) for alias in node.names
+                      if alias.name != "*"]
+    found: list[Path] = []
+    for base, dotted in names:
+        parts = [p for p in dotted.split(".") if p]
+        for i in range(1, len(parts) + 1):  # `import pkg.mod` runs pkg/__init__.py, then pkg/mod.py
+            stem = base.joinpath(*parts[:i])
+            for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
+                resolved = candidate.resolve()
+                if resolved.is_file() and resolved.is_relative_to(root):
+                    found.append(resolved)
+    return found
 
 
 def _allowed(raw: _Raw, allow: frozenset[str]) -> bool:
@@ -301,6 +398,10 @@ class _Scan:
         self._local: dict[int, list[ast.AST]] = {}
         self.entry_functions = self._entry_functions(entry)
         self.kernel_path = self._kernel_path()
+        # Module-level names bound once, to a constant: a handler returning one supplies a default value.
+        stores = Counter(n.id for n in self.of(ast.Name) if isinstance(n.ctx, ast.Store))
+        self.literal_globals = {t.id for n in self.tree.body if isinstance(n, ast.Assign) for t in n.targets
+                                if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant) and stores[t.id] == 1}
 
     def of(self, *types: type) -> list[Any]:
         """Every node of the given types, in walk order within each type."""
@@ -361,6 +462,10 @@ class _Scan:
             base = self.qualname(node.value)
             return f"{base}.{node.attr}" if base else None
         if isinstance(node, ast.Call) and node.args:
+            getter = self._attrgetter(node.func)
+            if getter is not None:  # operator.attrgetter("_C")(torch) is torch._C
+                base = self.qualname(node.args[0])
+                return f"{base}.{getter}" if base else None
             func = self.qualname(node.func)
             first = node.args[0]
             if func == "builtins.getattr" and len(node.args) >= 2 and _is_str(node.args[1]):
@@ -368,6 +473,13 @@ class _Scan:
                 return f"{base}.{node.args[1].value}" if base else None
             if func in ("builtins.__import__", "importlib.import_module") and _is_str(first):
                 return first.value
+        return None
+
+    def _attrgetter(self, node: ast.AST) -> str | None:
+        """The dotted attribute of `operator.attrgetter("a.b")` (one constant argument), else None."""
+        if isinstance(node, ast.Call) and len(node.args) == 1 and _is_str(node.args[0]) \
+                and self.qualname(node.func) == "operator.attrgetter":
+            return node.args[0].value
         return None
 
     # -- the kernel path ---------------------------------------------------------------------
@@ -458,6 +570,14 @@ class _Scan:
             if "__dict__" in qualname.split("."):
                 yield _Raw(INTROSPECTION, qualname, line,
                            f"reads `{qualname}`, an imported module's namespace, which {_SYS_MODULES}.")
+        elif node.attr == "__dict__" and not _is_self(node.value):
+            yield _Raw(INTROSPECTION, "__dict__", line,
+                       f"reads the `__dict__` of `{ast.unparse(node.value)}`, a namespace, which {_SYS_MODULES}.")
+        if isinstance(node.ctx, ast.Store) and node.attr in _TENSOR_METHODS and not _is_self(node.value) \
+                and not self.qualname(node.value):
+            yield _Raw(MONKEYPATCH, node.attr, line,
+                       f"sets `.{node.attr}` on an object, shadowing the tensor method the harness reads a "
+                       "result through.")
         if isinstance(node.ctx, (ast.Store, ast.Del)) and self.qualname(node.value):
             verb = "assigns to" if isinstance(node.ctx, ast.Store) else "deletes"
             yield _Raw(MONKEYPATCH, qualname or node.attr, line,
@@ -483,6 +603,11 @@ class _Scan:
         if looked_up:
             yield from self._name_use(looked_up, line, "looks up")
         first = self.qualname(node.args[0]) if node.args else None
+        if func in ("builtins.setattr", "builtins.delattr") and not first and len(node.args) >= 2 \
+                and _is_str(node.args[1]) and node.args[1].value in _TENSOR_METHODS:
+            yield _Raw(MONKEYPATCH, node.args[1].value, line,
+                       f"sets `.{node.args[1].value}` on an object, shadowing the tensor method the harness reads "
+                       "a result through.")
         if func in ("builtins.setattr", "builtins.delattr") and first:
             yield _Raw(MONKEYPATCH, first, line,
                        f"calls {func.split('.')[1]} on `{first}`, replacing part of an imported module that "
@@ -497,9 +622,25 @@ class _Scan:
             yield _Raw(INTROSPECTION, first, line,
                        f"looks up an attribute of `{first}` by a computed name, which hides what the "
                        "candidate uses from these checks.")
-        if func == "builtins.vars" and first:
-            yield _Raw(INTROSPECTION, first, line,
-                       f"reads the namespace of `{first}` with vars(), which {_SYS_MODULES}.")
+        if func == "builtins.vars" and node.args and not _is_self(node.args[0]):
+            subject = first or ast.unparse(node.args[0])
+            yield _Raw(INTROSPECTION, subject, line,
+                       f"reads the namespace of `{subject}` with vars(), which {_SYS_MODULES}.")
+        if looked_up and "__dict__" in looked_up.split("."):
+            yield _Raw(INTROSPECTION, looked_up, line,
+                       f"looks up `{looked_up}`, a namespace, which {_SYS_MODULES}.")
+        if func in ("operator.attrgetter", "operator.methodcaller") and (
+                not all(_is_str(a) for a in node.args) or any(
+                    part.startswith("_") for a in node.args if _is_str(a) for part in a.value.split("."))):
+            yield _Raw(INTROSPECTION, func, line,
+                       f"calls `{func}` on a private or computed name, which hides what the candidate uses "
+                       "from these checks.")
+        for arg in [*node.args, *(k.value for k in node.keywords)]:
+            passed = self.qualname(arg)
+            if passed in _SETTERS:
+                yield _Raw(MONKEYPATCH, passed, line,
+                           f"passes `{passed}` to another callable (`functools.partial`, `map`…), which hides "
+                           "which module it will replace part of.")
         if isinstance(node.func, ast.Attribute) and not self.qualname(node.func.value):
             method = node.func.attr
             if method in _FILE_METHODS:
@@ -571,7 +712,7 @@ class _Scan:
             for node in nodes:
                 if id(node) in raised:
                     continue
-                if isinstance(node, ast.Return) and not _is_none(node.value):
+                if isinstance(node, ast.Return) and not _is_none(node.value) and not self._literal(node.value):
                     return True
                 if isinstance(node, (ast.Yield, ast.YieldFrom, ast.NamedExpr, ast.AugAssign)):
                     return True
@@ -580,6 +721,19 @@ class _Scan:
                     return True
                 if isinstance(node, ast.Call) and not self._reports(node):
                     return True
+        return False
+
+    def _literal(self, node: ast.AST) -> bool:
+        """A default value, not a computed result: a constant, a tuple of them, or a module-level name bound
+        to one (`return 132`, `return (8, 4)`, `return DEFAULT_SMS`). No tensor is ever a literal."""
+        if isinstance(node, ast.Constant):
+            return True
+        if isinstance(node, ast.UnaryOp) and isinstance(node.operand, ast.Constant):
+            return True
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return all(self._literal(e) for e in node.elts)
+        if isinstance(node, ast.Name):
+            return node.id in self.literal_globals
         return False
 
     def _reports(self, call: ast.Call) -> bool:
@@ -676,17 +830,83 @@ class _Scan:
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for target in targets:
                     yield from self._store(target, node.value, expr, identity, module_containers,
-                                           declared_global, top_level)
+                                           declared_global, top_level, fn)
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                     and node.func.attr in _CONTAINER_WRITES and isinstance(node.func.value, ast.Name) \
                     and node.func.value.id in module_containers:
                 name = node.func.value.id
                 values = [*node.args, *(k.value for k in node.keywords)]
-                if any(identity.check(v) for v in values[:1]) or any(expr.check(v) for v in values):
+                if any(identity.check(v) for v in values[:1]):
+                    yield _cache_raw(name, node.lineno)
+                elif any(expr.check(v) for v in values) and self._returns_stored(
+                        fn, name, [r for v in values for r in self._roots(v)]):
                     yield _cache_raw(name, node.lineno)
 
+    def _roots(self, node: ast.AST | None) -> set[str]:
+        """The names whose object an expression may be (or be a view or copy of): `y2.view(s)` -> {y2},
+        `_CACHE.get(k)` -> {_CACHE}, `Holder.out` -> {Holder.out}, `torch.clone(b)` -> {b}."""
+        if isinstance(node, ast.Name):
+            return {node.id}
+        if isinstance(node, ast.Attribute):
+            if node.attr in _TENSOR_ATTRS:
+                return self._roots(node.value)
+            return {f"{node.value.id}.{node.attr}"} if isinstance(node.value, ast.Name) else set()
+        if isinstance(node, (ast.Subscript, ast.Starred)):
+            return self._roots(node.value)
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return {r for e in node.elts for r in self._roots(e)}
+        if isinstance(node, ast.IfExp):
+            return self._roots(node.body) | self._roots(node.orelse)
+        if isinstance(node, ast.BinOp):
+            return self._roots(node.left) | self._roots(node.right)
+        if isinstance(node, ast.NamedExpr):
+            return self._roots(node.value) | {node.target.id}
+        if isinstance(node, ast.Call):
+            qualname = self.qualname(node.func)
+            if qualname:
+                return {r for a in node.args for r in self._roots(a)} if qualname.startswith("torch.") else set()
+            if isinstance(node.func, ast.Attribute) and node.func.attr not in _SCALAR_METHODS:
+                return self._roots(node.func.value)
+        return set()
+
+    def _returns_stored(self, fn: _Function, subject: str, stored: Iterable[str]) -> bool:
+        """Whether a tensor kept in `subject` across calls comes back as a result: the entry point returns
+        it (or a view of it), read from `subject` directly, through a name, or through a helper that hands it
+        out. A workspace that the entry point only passes to kernels is not a cache of results."""
+        entries = self.entry_functions or self.functions
+        leaky: set[str] = set()  # helpers (by name) that return the stored tensor
+        for _ in range(3):
+            before = len(leaky)
+            for func in self.functions:
+                if func.name not in leaky and self._leaks(func, subject, stored if func is fn else (), leaky):
+                    leaky.add(func.name)
+            if len(leaky) == before:
+                break
+        return any(self._leaks(f, subject, stored if f is fn else (), leaky) for f in entries)
+
+    def _leaks(self, func: _Function, subject: str, stored: Iterable[str], leaky: set[str]) -> bool:
+        tainted = {subject, *stored}
+
+        def reads(node: ast.AST | None) -> bool:
+            if self._roots(node) & tainted:
+                return True
+            return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in leaky
+                       for n in ast.walk(node)) if node is not None else False
+
+        assigns = [n for n in self.local(func) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.NamedExpr))]
+        for _ in range(3):
+            before = len(tainted)
+            for node in assigns:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if node.value is not None and reads(node.value):
+                    tainted.update(_target_names(targets))
+            if len(tainted) == before:
+                break
+        return any(isinstance(n, (ast.Return, ast.Yield)) and reads(n.value) for n in self.local(func))
+
     def _store(self, target: ast.AST, value: ast.AST, expr: _TensorExpr, identity: _IdentityKey,
-               containers: set[str], declared_global: set[str], top_level: set[str]) -> Iterator[_Raw]:
+               containers: set[str], declared_global: set[str], top_level: set[str],
+               fn: _Function | None = None) -> Iterator[_Raw]:
         if isinstance(target, ast.Subscript):
             root = target.value
             while isinstance(root, ast.Subscript):
@@ -696,13 +916,19 @@ class _Scan:
                     yield _Raw(CACHE, root.id, target.lineno,
                                f"keys the module-level container `{root.id}` by tensor identity (data_ptr or "
                                "id), so a later call on the same buffer can return a remembered result.")
-                elif expr.check(value):
+                elif expr.check(value) and self._returned(fn, root.id, value):
                     yield _cache_raw(root.id, target.lineno)
-        elif isinstance(target, ast.Name) and target.id in declared_global and expr.check(value):
+        elif isinstance(target, ast.Name) and target.id in declared_global and expr.check(value) \
+                and self._returned(fn, target.id, value):
             yield _cache_raw(target.id, target.lineno)
         elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
                 and target.value.id in top_level and expr.check(value):
-            yield _cache_raw(f"{target.value.id}.{target.attr}", target.lineno)
+            subject = f"{target.value.id}.{target.attr}"
+            if self._returned(fn, subject, value):
+                yield _cache_raw(subject, target.lineno)
+
+    def _returned(self, fn: _Function | None, subject: str, value: ast.AST) -> bool:
+        return fn is None or self._returns_stored(fn, subject, self._roots(value))
 
     def _cache_decorator(self, fn: _Function) -> str | None:
         for decorator in fn.decorator_list:
@@ -787,8 +1013,8 @@ class _IdentityKey:
 
 def _cache_raw(name: str, line: int) -> _Raw:
     return _Raw(CACHE, name, line,
-                f"stores a tensor in `{name}`, which outlives the call, so a later call can return a "
-                "remembered result instead of computing it.")
+                f"stores a tensor in `{name}`, which outlives the call, and returns it, so a later call can "
+                "return a remembered result instead of computing it.")
 
 
 def _target_names(targets: Iterable[ast.AST]) -> Iterator[str]:
@@ -808,6 +1034,10 @@ def _falls_through(statements: list[ast.stmt]) -> bool:
 
 def _is_none(node: ast.AST | None) -> bool:
     return node is None or (isinstance(node, ast.Constant) and node.value is None)
+
+
+def _is_self(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id in ("self", "cls")
 
 
 def _is_str(node: ast.AST) -> bool:
@@ -869,11 +1099,15 @@ OP_GROUPS: dict[str, frozenset[str]] = {
 }
 _GROUP_OF = {op: group for group, ops in OP_GROUPS.items() for op in ops}
 
-# Operators that allocate, view, copy or describe memory: what an honest launcher (and Triton's CPU
-# interpreter, which copies arguments with new_empty/set_/empty/copy_) runs. Anything not listed
-# here or in OP_GROUPS is looked up in torch: a `pointwise` or `reduction` tag means compute, an
-# operator that only returns views of its inputs is harmless, and the rest is unclassified — not
-# refused, but reported by `unclassified_ops` so a reviewer can extend these lists.
+# The allowlist: operators that allocate, view, copy on the device or describe memory, which is what an
+# honest launcher (and Triton's CPU interpreter, which copies arguments with new_empty/set_/empty/copy_)
+# runs. Anything not listed here or in OP_GROUPS is looked up in torch: a `pointwise` or `reduction`
+# tag means compute (`dynamic.torch-compute`), an operator that only returns views of its inputs is
+# allowed, and every other operator — unknown ones, other namespaces (prims, a registered library),
+# sparse ones — is refused as `dynamic.operator` unless the task's allow-list names it. Scalar reads
+# (`item`, `_local_scalar_dense`, `is_nonzero`) and copies between the host and a device are refused
+# as `dynamic.host-transfer` (the recorder tells a copy's devices apart, so CPU copies under the
+# interpreter are device copies).
 HARMLESS_OPS = frozenset({
     # allocation
     "empty", "empty_like", "empty_strided", "empty_permuted", "new_empty", "new_empty_strided", "zeros",
@@ -886,13 +1120,21 @@ HARMLESS_OPS = frozenset({
     "squeeze", "squeeze_", "flatten", "unflatten", "split", "split_with_sizes", "chunk", "unbind", "movedim",
     "view_as", "view_as_real", "view_as_complex", "alias", "detach", "detach_", "diagonal", "unfold", "_conj",
     "conj", "resolve_conj", "resolve_neg", "_neg_view", "contiguous", "repeat", "cat", "stack",
-    # copies and conversions
-    "copy_", "copy", "_copy_from", "_copy_from_and_resize", "clone", "_to_copy", "to", "_to_dense",
+    # copies and conversions (on one device: the recorder reports a copy across devices apart)
+    "copy_", "copy", "_copy_from", "_copy_from_and_resize", "clone", "_to_copy", "to",
     # metadata
     "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "size", "stride", "numel", "dim",
-    "is_contiguous", "is_same_size", "is_nonzero", "storage_offset", "_local_scalar_dense", "item",
-    "_has_compatible_shallow_copy_type", "is_complex", "is_floating_point",
+    "is_contiguous", "is_same_size", "storage_offset", "_has_compatible_shallow_copy_type", "is_complex",
+    "is_floating_point",
 })
+# Operators that read a tensor's value into Python: on a GPU, a device-to-host transfer.
+SCALAR_READS = frozenset({"_local_scalar_dense", "item", "is_nonzero"})
+# Copies the recorder checks for a change of device; such a copy is recorded under HOST_PREFIX + its name.
+_COPY_OPS = frozenset({"_to_copy", "copy_", "_copy_from", "_copy_from_and_resize", "to"})
+HOST_PREFIX = "host-transfer:"
+# Allow-list entries that exempt host transfers (the exact operator name does not: a KernelBench task
+# allows the operators its reference does not run, and a transfer must not slip through that way).
+_HOST_ENTRIES = frozenset({HOST_TRANSFER, "host-transfer"})
 
 
 def _parse_op(name: str) -> tuple[str, str, str]:
@@ -967,8 +1209,17 @@ def classify_ops(names: Iterable[str], allowed: Iterable[str] = ()) -> list[Find
         if name in seen:
             continue
         seen.add(name)
+        if _is_host(name):
+            host = _host_finding(name, allow)
+            if host is not None:
+                findings.append(host)
+            continue
         group = _classify(name)
-        if group is None or group == "harmless" or _op_allowed(name, group, allow):
+        if group == "harmless" or _op_allowed(name, group, allow):
+            continue
+        if group is None:
+            if UNLISTED_OP not in allow:
+                findings.append(Finding(UNLISTED_OP, _unlisted_message(name), operator=name))
             continue
         findings.append(Finding(
             TORCH_COMPUTE,
@@ -979,11 +1230,46 @@ def classify_ops(names: Iterable[str], allowed: Iterable[str] = ()) -> list[Find
     return findings
 
 
+def _is_host(name: str) -> bool:
+    namespace, base, _ = _parse_op(name)
+    return name.startswith(HOST_PREFIX) or (namespace == "aten" and base in SCALAR_READS)
+
+
+def _host_finding(name: str, allow: frozenset[str]) -> Finding | None:
+    if name.startswith(HOST_PREFIX):
+        if allow & _HOST_ENTRIES:
+            return None
+        op = name[len(HOST_PREFIX):]
+        return Finding(HOST_TRANSFER, f"the call copied tensor data between the host and the device (`{op}`), "
+                       "where computation escapes the operator recorder; a task that means to allow it lists "
+                       "'host-transfer' in its allow-list.", operator=op)
+    namespace, base, _ = _parse_op(name)
+    if namespace == "aten" and base in SCALAR_READS and not allow & _HOST_ENTRIES:
+        return Finding(HOST_TRANSFER, f"the call read a tensor's value into Python (`{name}`), a transfer to the "
+                       "host where computation escapes the operator recorder; a task that means to allow it lists "
+                       "'host-transfer' in its allow-list.", operator=name)
+    return None
+
+
+def _unlisted_message(name: str) -> str:
+    namespace, base, _ = _parse_op(name)
+    if namespace != "aten":
+        what = f"an operator outside ATen (namespace `{namespace}`)"
+    elif "sparse" in base:
+        what = "a sparse operator"
+    else:
+        what = "an operator that is not on the allowlist (allocation, views, device copies)"
+    return (f"the call ran `{name}`, {what}, which may compute part of the answer outside the candidate's "
+            f"kernel; a task that means to keep it lists '{namespace}.{base}' in its allow-list.")
+
+
 def unclassified_ops(names: Iterable[str], allowed: Iterable[str] = ()) -> list[str]:
-    """Operators in `names` that are neither known harmless nor known compute: notes for a reviewer."""
+    """Operators in `names` that are neither on the allowlist nor known compute (refused as `dynamic.operator`)."""
     allow = frozenset(allowed)
     result: list[str] = []
     for name in dict.fromkeys(names):
+        if _is_host(name):
+            continue
         if _classify(name) is None and not _op_allowed(name, None, allow):
             result.append(name)
     return result
@@ -1011,7 +1297,10 @@ def _make_op_recorder() -> type:
             if name is None:
                 name = self._names[func] = str(func)
             self.ops.append(name)
-            return func(*args, **(kwargs or {}))
+            out = func(*args, **(kwargs or {}))
+            if _parse_op(name)[1] in _COPY_OPS and _crosses_devices(args, out):
+                self.ops.append(HOST_PREFIX + name)
+            return out
 
         def counts(self) -> dict[str, int]:
             """How many times each operator ran, in first-seen order."""
@@ -1026,6 +1315,49 @@ def _make_op_recorder() -> type:
 
     OpRecorder.__module__ = __name__
     return OpRecorder
+
+
+def _crosses_devices(args: tuple[Any, ...], out: Any) -> bool:
+    """Whether a copy's tensors (its arguments and result) sit on different kinds of device."""
+    import torch
+
+    kinds = {value.device.type for value in (*args, out) if isinstance(value, torch.Tensor)}
+    return len(kinds - {"meta"}) > 1
+
+
+AUTOTUNE_NOTE = ("`@triton.autotune` on the CPU interpreter: only the first of the kernel's configs (after its "
+                 "own pruning) ran, with no benchmarking; a GPU run benchmarks them all")
+
+
+def pin_autotune_under_interpreter() -> bool:
+    """Under TRITON_INTERPRET=1, make `@triton.autotune` run its first config instead of benchmarking.
+
+    Triton's autotuner benchmarks through the GPU driver, which the interpreter does not have, so every
+    autotuned kernel would fail there. Its own single-config path is taken instead: the configs left by
+    the kernel's pruning (`prune_configs_by`) are cut to the first, deterministically. On a GPU nothing
+    changes (the benchmarking runs on the first call of each key, before timing starts). Returns whether
+    the autotuner was pinned."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    from triton.runtime.autotuner import Autotuner
+
+    original = Autotuner.prune_configs
+    if getattr(original, "_autokernel_pinned", False):
+        return True
+
+    def first_config(self: Any, kwargs: dict[str, Any]) -> list[Any]:
+        return list(original(self, kwargs))[:1]
+
+    first_config._autokernel_pinned = True  # type: ignore[attr-defined]
+    Autotuner.prune_configs = first_config  # type: ignore[method-assign]
+    return True
+
+
+def interpreter_notes(source: str) -> list[str]:
+    """Notes for an evaluation on the CPU interpreter that the candidate's source calls for."""
+    return [AUTOTUNE_NOTE] if "autotune" in source else []
 
 
 _lazy: dict[str, Any] = {}
@@ -1044,12 +1376,19 @@ def __getattr__(name: str) -> Any:
 # Dynamic check 2: the functions the harness relies on are still the ones it imported.
 # ---------------------------------------------------------------------------------------------
 
+# The harness's own modules that run in the worker: watched like torch, and in them a name that appears
+# is a change too (a replaced `OpRecorder` is served from the module's namespace before its lazy builder).
+HARNESS_NAMESPACES: tuple[str, ...] = (
+    "autokernel_ci.harness.anticheat", "autokernel_ci.harness.correctness", "autokernel_ci.harness.timing",
+    "autokernel_ci.tasks", "autokernel_ci.ops.base",
+)
 # Namespaces whose every function, class and submodule is watched: the comparisons, copies and
 # conversions of the correctness gate, the vendor baselines (torch.softmax, F.rms_norm…), the
 # timers, the report's serialisation, and process exit. A module is imported if it is not yet.
 WATCHED_NAMESPACES: tuple[str, ...] = (
     "torch", "torch.Tensor", "torch.nn.functional", "torch.testing", "torch.cuda", "torch.cuda.Event",
     "torch.utils.deterministic", "time", "json", "math", "os", "sys", "builtins", "triton", "triton.testing",
+    *HARNESS_NAMESPACES,
 )
 _ABSENT = object()
 # Names torch rebinds itself, lazily: importing torch._dynamo wraps torch.manual_seed. A change to
@@ -1129,6 +1468,12 @@ def diff_module_state(before: dict[str, object], after: dict[str, object], *,
     swapped = tuple(f"{_module_of_key(key)}." for key, old in before.items()
                     if _module_of_key(key) and after.get(key, _ABSENT) is not old)
     findings: list[Finding] = []
+    harness = tuple(f"{n}." for n in HARNESS_NAMESPACES)
+    for key in after.keys() - before.keys():
+        if key.startswith(harness) and not (swapped and key.startswith(swapped)):
+            findings.append(Finding(
+                MODULE_STATE, f"`{key}` was added during {during}; the harness relies on its own modules to "
+                "check, time or report the candidate, so the result could not be trusted.", operator=key))
     for key, old in before.items():
         new = after.get(key, _ABSENT)
         if new is old or old is _ABSENT or (swapped and key.startswith(swapped)):

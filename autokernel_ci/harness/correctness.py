@@ -5,14 +5,16 @@ seeds in the plan; it sends back only the outputs and what it observed. Here, ou
 candidate's reach, the same inputs are drawn again from the same seeds, the reference runs in
 float64, and every output is compared element by element.
 
-Stages: smoke → shapes (powers of two, odd sizes, size-1 dims, the task's real shapes) → dtypes →
-stability (large and tiny magnitudes, mixed scales, rows of equal values) → determinism (same
-inputs twice must give bitwise-equal outputs, or the result is flagged).
+Stages: smoke → shapes (powers of two, odd sizes, size-1 dims, the task's real shapes, and hidden
+shapes drawn at random for this evaluation from the op's shape family) → dtypes → stability (large
+and tiny magnitudes, mixed scales, rows of equal values) → determinism (same inputs twice must give
+bitwise-equal outputs, or the result is flagged).
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +46,11 @@ class Case:
 
 def plan_cases(spec: OpSpec, device: str, seed: int | None = None, stages: tuple[str, ...] = STAGES,
                include_bench_shapes: bool | None = None) -> tuple[list[Case], list[str]]:
-    """The cases to run, with fresh seeds (recorded in each case), and notes on what was left out."""
-    rng = random.Random(seed)
+    """The cases to run, with fresh seeds (recorded in each case), and notes on what was left out.
+
+    The shapes stage adds hidden shapes (`hidden_shapes`) drawn from a seed made for this evaluation
+    (from `seed` when one is given, so a run can be replayed) and named in a note."""
+    rng = random.Random(seed if seed is not None else secrets.randbits(62))
     notes: list[str] = []
     cases: list[Case] = []
     primary = spec.dtypes[0]
@@ -68,6 +73,15 @@ def plan_cases(spec: OpSpec, device: str, seed: int | None = None, stages: tuple
                 add("shapes", shape, bench_dtype)
         elif spec.bench_shapes and spec.bench_shapes != ({},):
             notes.append("benchmark shapes not checked on the CPU interpreter (too slow); the GPU run checks them")
+        if spec.dims and spec.family == "custom" and spec.shape_family is None:
+            notes.append("no hidden shapes: a custom task's input factory may not accept every shape")
+        elif spec.dims:
+            hidden_seed = rng.randrange(1, 2**31 - 1)
+            hidden = hidden_shapes(spec, hidden_seed, device)
+            for shape in hidden:
+                add("shapes", shape, primary)
+            labels = ", ".join(spec.shape_label(s) for s in hidden)
+            notes.append(f"{len(hidden)} hidden shapes drawn from the op's shape family (seed {hidden_seed}): {labels}")
     if "dtypes" in stages:
         for dtype in spec.dtypes[1:]:
             for shape in _dedupe([odd, shapes[-1]]):
@@ -82,6 +96,83 @@ def plan_cases(spec: OpSpec, device: str, seed: int | None = None, stages: tuple
         add("determinism", odd, primary)
         add("determinism", odd, primary, repeat_of=len(cases) - 1)
     return cases, notes
+
+
+# Hidden shapes on the CPU interpreter stay under this many elements per input (its time budget).
+CPU_HIDDEN_ELEMENTS = 1 << 18
+_SMALL_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+
+
+def shape_family(spec: OpSpec) -> dict[str, str]:
+    """dim -> "width" or "count": the spec's own, else the last dim is the width and the others counts."""
+    if spec.shape_family is not None:
+        return {d: spec.shape_family.get(d, "count") for d in spec.dims}
+    return {d: "width" if i == len(spec.dims) - 1 else "count" for i, d in enumerate(spec.dims)}
+
+
+def hidden_shapes(spec: OpSpec, seed: int, device: str) -> list[dict[str, int]]:
+    """Shapes no candidate can know in advance, drawn from `seed` and the op's shape family.
+
+    Three on any device: a prime width past 4096 (up to the widest benchmark width) with every count 1;
+    a width beyond the widest benchmark width, with counts of 2 or 3; a prime width under 4096 with
+    small prime counts. On a GPU two more, whose counts reach the benchmark's. On the CPU interpreter
+    the counts shrink until an input holds at most `CPU_HIDDEN_ELEMENTS` elements.
+    """
+    rng = random.Random(seed)
+    family = shape_family(spec)
+    declared = [*spec.test_shapes, *spec.bench_shapes, *spec.decode_shapes]
+    declared = [s for s in declared if s]
+    top = {d: max([s.get(d, 1) for s in declared] or [1]) for d in spec.dims}
+    even = {d for d in spec.dims if declared and all(s.get(d, 2) % 2 == 0 for s in declared)}
+    counts = [d for d, kind in family.items() if kind != "width"]
+
+    def width(low: int, high: int, prime: bool) -> int:
+        value = rng.randint(low, max(low, high))
+        if prime:
+            value = _next_prime(value)
+        elif value % 2 == 0:
+            value += 1
+        return value
+
+    def shape(widths: dict[str, int], count_of) -> dict[str, int]:
+        out = {d: widths[d] if family[d] == "width" else count_of(d) for d in spec.dims}
+        for d in even:
+            out[d] += out[d] % 2
+        return out
+
+    bench_w = {d: top[d] for d in spec.dims if family[d] == "width"}
+    shapes = [
+        shape({d: width(4097, max(w, 6144), True) for d, w in bench_w.items()}, lambda d: 1),
+        shape({d: width(w + 1, w + max(w // 2, 2048), False) for d, w in bench_w.items()},
+              lambda d: rng.choice((2, 3))),
+        shape({d: width(3, 4095, True) for d in bench_w}, lambda d: rng.choice(_SMALL_PRIMES)),
+    ]
+    if device != "cpu":
+        shapes += [shape({d: width(3, 2 * w, rng.random() < 0.5) for d, w in bench_w.items()},
+                         lambda d: _next_prime(rng.randint(2, max(2, top[d])))) for _ in range(2)]
+    else:
+        for s in shapes:
+            while _largest_input(s, family) > CPU_HIDDEN_ELEMENTS and any(s[d] > 1 for d in counts):
+                d = max(counts, key=lambda c: s[c])
+                s[d] = max(1, s[d] // 2) if d not in even else max(2, s[d] // 2 + s[d] // 2 % 2)
+    return shapes
+
+
+def _largest_input(shape: dict[str, int], family: dict[str, str]) -> int:
+    """An upper bound on one input's elements: every count times the largest width (an input holds at most
+    one width per dim; two widths, as a matmul's K and N, give the product)."""
+    product = 1
+    for value in shape.values():
+        product *= value
+    widths = sorted((shape[d] for d, kind in family.items() if kind == "width"), reverse=True)
+    return product // max(1, widths[-1]) if len(widths) > 1 else product
+
+
+def _next_prime(n: int) -> int:
+    n = max(n, 2)
+    while any(n % p == 0 for p in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
 
 
 def _pick_odd(shapes: list[dict[str, int]]) -> dict[str, int]:

@@ -321,7 +321,7 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
                         device=_device_label(device), representative_timing=False, environment=_environment(),
                         sandbox=bwrap.label(mode))
 
-    findings = anticheat.scan_source(source, allow=task.allow, entry=task.entry)
+    findings = anticheat.scan_candidate(path, source, allow=task.allow, entry=task.entry)
     syntax = [f for f in findings if f.rule == "static.syntax"]
     if syntax:
         return _finish(result, Status.CRASH, f"the candidate does not compile ({syntax[0].where()}): "
@@ -331,6 +331,8 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
 
     cases, plan_notes = plan_cases(task.spec, device, seed=seed, stages=stages or STAGES,
                                    include_bench_shapes=include_bench_shapes)
+    if device == "cpu":
+        plan_notes += anticheat.interpreter_notes(source)
     result.seeds = [c.seed for c in cases]
     # The worker learns a case (its shape, dtype and seed) only when the parent sends it.
     request = {"task": task.to_wire(), "candidate": str(path.resolve()), "device": device, "poison": True,

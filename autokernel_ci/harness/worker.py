@@ -76,6 +76,7 @@ def main() -> int:
     from autokernel_ci.harness import anticheat, correctness  # noqa: F401
     from autokernel_ci.tasks import task_inputs_from_wire
 
+    anticheat.pin_autotune_under_interpreter()  # @triton.autotune: the first config, on the CPU interpreter
     mark("imports")
     waited = time.perf_counter()
     first = _next_line()
@@ -520,8 +521,10 @@ def _state_changes(anticheat, before) -> list[dict[str, Any]]:
 def _same_bits(torch, a, b) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if a.is_floating_point():
-        return bool(torch.equal(a.isnan(), b.isnan())) and bool(torch.equal(a.nan_to_num(), b.nan_to_num()))
+    tensor = torch.Tensor  # through the class: the candidate held `a` and may have set attributes on it
+    if tensor.is_floating_point(a):
+        return bool(torch.equal(tensor.isnan(a), tensor.isnan(b))) and bool(
+            torch.equal(tensor.nan_to_num(a), tensor.nan_to_num(b)))
     return bool(torch.equal(a, b))
 
 

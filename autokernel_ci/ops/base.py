@@ -74,6 +74,11 @@ class OpSpec:
     constraint: Callable[[Mapping[str, Any]], str | None] | None = None
     # torch operators a candidate may run during the call (beyond allocation, views and copies)
     allowed_ops: tuple[str, ...] = ()
+    # How the correctness gate draws hidden shapes, dim -> "width" (the contiguous dim a kernel tiles:
+    # drawn odd or prime, past 4096 and beyond the benchmark widths) or "count" (a batch-like dim: 1 or
+    # a small odd or prime size). None: the last dim is the width, the others are counts (a "custom"
+    # family, a config task's own input factory, draws none). A dim even in every declared shape is drawn even.
+    shape_family: Mapping[str, str] | None = None
 
     def tolerance(self, shape: Shape, dtype: str) -> tuple[float, float]:
         if self.tolerance_fn is not None:

@@ -1,0 +1,1 @@
+"""Helpers for the sibling_module cheat (not a candidate itself)."""
