@@ -118,14 +118,34 @@ def test_a_sibling_module_is_named_in_the_finding() -> None:
     assert "in helpers/dispatch.py" in result.message
 
 
-@pytest.mark.xfail(reason="needs the lead's worker protocol change (timed outputs compared)", strict=False)
 @pytest.mark.parametrize("name", TIMED_ONLY)
-def test_cheats_that_are_right_only_while_checked_fail_once_timed_outputs_are_checked(name: str) -> None:
+def test_cheats_that_are_right_only_while_checked_are_caught_once_timed(name: str, tmp_path: Path) -> None:
+    """Right while checked, wrong while timed: a call counter fails on the judged timed calls; a probe of
+    the module name gets nothing to tell apart, since every worker imports a candidate under one name."""
     path = HERE / "cheats" / f"{name}.py"
     task = builtin_task(op_of(path))
-    result = evaluate(task, path, device="cpu", stages=("smoke",), seed=11, timeout=120,
-                      timing=TimingPlan.for_task(task, "cpu"))
-    assert result.status in (Status.FAIL, Status.REJECTED), result.message
+    if name == "module_name_probe":
+        from autokernel_ci.harness.sandbox import child_environment, run_worker
+
+        plan = TimingPlan.for_task(task, "cpu")
+        request = {"mode": "ab", "task": task.to_wire(), "device": "cpu", "candidates": {"base": str(path),
+                   "head": str(path)}, "comparisons": [{"name": "ab", "a": "base", "b": "head", "rounds": 1}],
+                   "timing": plan.to_wire()}
+        probe = tmp_path / "probe.py"
+        probe.write_text("import torch\nassert __name__ == 'autokernel_candidate', __name__\n"
+                         "def kernel_fn(x):\n    return torch.softmax(x, -1)\n")
+        request["candidates"]["head"] = str(probe)
+        (tmp_path / "scratch").mkdir()
+        run = run_worker(request, tmp_path / "scratch", 120, child_environment(device="cpu"))
+        assert run.result is not None and run.result["import_errors"] == {}, run.result
+        return
+    from dataclasses import replace
+
+    # As many timed calls as a GPU run makes, so the counter runs past the checks.
+    plan = replace(TimingPlan.for_task(task, "cpu"), min_reps=20, max_reps=40)
+    result = evaluate(task, path, device="cpu", stages=("smoke",), seed=11, timeout=120, timing=plan)
+    assert result.status is Status.FAIL, result.message
+    assert "timed call" in result.message
 
 
 @pytest.mark.parametrize("path", HONEST, ids=lambda p: p.stem)

@@ -464,7 +464,8 @@ def _run_ab(ctx: _Context, request: dict[str, Any]) -> int:
             progress.write(f"import {label}\n")
             try:
                 before = set(sys.modules)
-                entries[label] = _import_candidate(Path(path), ctx.wire["entry"], name=f"autokernel_candidate_{label}")
+                # Under the name the correctness worker gives it: nothing tells a timed round from a check.
+                entries[label] = _import_candidate(Path(path), ctx.wire["entry"])
                 _forget_sibling_modules(Path(path).resolve().parent, before)
             except BaseException as exc:  # noqa: BLE001 - anything at import is that candidate's failure
                 result["import_errors"][label] = _describe(exc)
