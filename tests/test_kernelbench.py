@@ -81,8 +81,10 @@ def test_a_folder_with_a_missing_candidate_and_a_broken_problem(tmp_path: Path, 
     printed = capsys.readouterr()
     assert "Traceback" not in printed.out + printed.err
     broken = [ln for ln in printed.err.splitlines() if "10_Broken" in ln]
-    assert broken == [f"kernelbench: 10_Broken: ERROR: {problems / '10_Broken.py'}: failed to import: "
-                      "ImportError: no module named flash_attn_3"]
+    # The problem is imported only inside the sandbox, so its failure comes with the progress line.
+    assert len(broken) == 1 and "10_Broken: ERROR" in broken[0], broken
+    assert broken[0].endswith(f"{problems / '10_Broken.py'}: failed to import: ImportError: no module named "
+                              "flash_attn_3")
     data = json.loads(out.read_text())
     assert [(r["problem"], r["status"]) for r in data["rows"]] == [
         ("1_ReLU", "PASS"), ("2_NoCandidate", "MISSING"), ("10_Broken", "ERROR")]

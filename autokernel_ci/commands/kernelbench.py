@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autokernel_ci.commands import at_least_one, positive_float, write_text
-from autokernel_ci.errors import AutokernelError
+from autokernel_ci.errors import AutokernelError, TaskError
 from autokernel_ci.pool import WorkerPool
 
 if TYPE_CHECKING:
@@ -163,7 +163,6 @@ def run_problems(problems: list[Path], candidates_dir: Path, *, device: str, wor
                  scratch: Path, progress=None) -> tuple[list[ProblemRow], dict[str, Any]]:
     """Evaluate every problem that has a candidate, `workers` at a time; rows in the problems' order and
     the EvalResults by problem. Progress, one line per finished problem, goes to `progress` (stderr)."""
-    from autokernel_ci.errors import TaskError
     from autokernel_ci.harness.sandbox import TimingPlan
     from autokernel_ci.pool import first_gpus
     from autokernel_ci.tasks import kernelbench_task, scaled_copy
@@ -203,6 +202,8 @@ def run_problems(problems: list[Path], candidates_dir: Path, *, device: str, wor
             for stem, candidate, future, submitted in futures:
                 try:
                     result = future.result()
+                except TaskError as exc:  # the problem's own code (its import, its reference) failed
+                    row = ProblemRow(stem, "ERROR", str(exc), candidate=str(candidate))
                 except AutokernelError as exc:
                     row = ProblemRow(stem, "ERROR", f"harness error: {exc}", candidate=str(candidate))
                 except Exception as exc:  # noqa: BLE001 - one problem's harness failure is its row, not the run's end
