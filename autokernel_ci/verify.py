@@ -278,22 +278,58 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
             step(f"timing {name}")
             timings[name] = _time(name, callables[name], args, kwargs, timing, "cuda" if on_gpu else "cpu")
     failed = [c for c in checks if c.gating and not c.passed]
+    never_called = never_called_ops(report.ops(), kernel_calls, report.fallbacks())
     if failed:
         worst = max(failed, key=lambda c: c.rel_l2)
         message = (f"{len(failed)} of {sum(c.gating for c in checks)} output checks failed; worst: {worst.variant} "
                    f"on the {worst.inputs} inputs, relative L2 error {worst.rel_l2:.3g} (tolerance rtol "
                    f"{tolerance[1]:g}, atol {tolerance[0]:g})" + (f": {worst.error}" if worst.error else ""))
+    elif never_called:
+        message = "; ".join(never_called) + " (the outputs matched only because the original ops ran)"
     else:
-        message = f"outputs match the original model on {len(cases)} input sets ({report.summary()})"
+        message = (f"outputs match the original model on {len(cases)} input sets; kernel calls: "
+                   f"{calls_summary(report.ops(), kernel_calls)}")
     info = device_info()
     return VerifyResult(
-        model=target.name, device=info.label, dtype=target.dtype, tolerance=tolerance, passed=not failed,
+        model=target.name, device=info.label, dtype=target.dtype, tolerance=tolerance,
+        passed=not failed and not never_called,
         swaps=[asdict(s) for s in report.swaps], kernels=report.kernels, checks=checks, timings=timings,
         fallbacks=report.fallbacks(), kernel_calls=kernel_calls, representative=on_gpu,
         compile_backend=compile_backend if compile else "", message=message, notes=notes,
         inputs=[_describe(x) for x in args], created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         duration_s=time.monotonic() - started, environment=info.to_dict(),
     )
+
+
+def never_called_ops(swapped: Mapping[str, int], kernel_calls: Mapping[str, int],
+                     fallbacks: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """One failure line per swapped op whose kernel never ran: every call took the original op instead,
+    so the outputs prove nothing about the kernel. Says why each call fell back."""
+    lines = []
+    for op, modules in sorted(swapped.items()):
+        if kernel_calls.get(op, 0) > 0:
+            continue
+        reasons = fallbacks.get(op, {})
+        why = ", ".join(f"{n} × {FALLBACK_REASONS.get(r, r)}" for r, n in sorted(reasons.items())) \
+            or "the swapped modules were never called"
+        lines.append(f"{op}: kernel never called ({modules} module(s) swapped, every call fell back to the original "
+                     f"op: {why})")
+    return lines
+
+
+def calls_summary(swapped: Mapping[str, int], kernel_calls: Mapping[str, int]) -> str:
+    """'rmsnorm 5 modules, 45 calls; rope 2 modules, 18 calls'."""
+    return "; ".join(f"{op} {n} module{'s' * (n != 1)}, {kernel_calls.get(op, 0)} kernel call"
+                     f"{'s' * (kernel_calls.get(op, 0) != 1)}" for op, n in sorted(swapped.items())) or "none"
+
+
+FALLBACK_REASONS = {
+    "device": "no GPU and no Triton interpreter (set TRITON_INTERPRET=1 to run the kernels on the CPU)",
+    "autograd": "autograd was recording (the kernels are forward-only)",
+    "dtype": "mixed dtypes or devices between the input and the module's parameters",
+    "shape": "the kernel refused the shape",
+    "device-or-dtype": "a device or dtype the kernel cannot serve",
+}
 
 
 def _check(label: str, variant: str, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ref: Any,

@@ -141,3 +141,36 @@ def test_verify_command_exits_one_on_a_wrong_kernel_and_zero_on_a_right_one(tmp_
     assert json.loads(out.read_text())["passed"] is True
     bad = cli("verify", "--config", str(CONFIG), "--model", "llama-tiny", "--arg", "size=huge", "--no-time")
     assert bad.returncode == 2 and "factory models.llama:build_tiny" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_swapped_op_whose_kernel_never_runs_fails_with_the_reason(llama, monkeypatch) -> None:
+    # Without the interpreter on a CPU every call falls back to the original op: the outputs match
+    # exactly, and that proves nothing about the kernel.
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    result = verify_model(llama, ops=["rmsnorm"], seeds=(1,), time_variants=False, compile=False,
+                          factory_kwargs=SMALL)
+    assert all(c.passed and c.rel_l2 == 0.0 for c in result.checks)
+    assert not result.passed
+    assert result.kernel_calls.get("rmsnorm", 0) == 0 and result.fallbacks["rmsnorm"]["device"] > 0
+    assert "rmsnorm: kernel never called" in result.message and "TRITON_INTERPRET" in result.message
+
+
+def test_a_pass_says_how_many_times_each_kernel_ran(llama) -> None:
+    result = verify_model(llama, ops=["rmsnorm", "swiglu"], seeds=(), time_variants=False, compile=False,
+                          factory_kwargs=SMALL)
+    assert result.passed, result.message
+    calls = result.kernel_calls
+    assert calls["rmsnorm"] > 0 and calls["swiglu"] > 0
+    assert f"rmsnorm 5 modules, {calls['rmsnorm']} kernel calls" in result.message
+
+
+def test_verify_command_turns_the_interpreter_on_for_a_cpu(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "autokernel_ci", "verify", "--config", str(CONFIG), "--model",
+                          "llama-tiny", "--ops", "rmsnorm", "--no-time", "--no-compile", "--seeds", "0", "--arg",
+                          "seq_len=4", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "kernel call(s)" in run.stdout and "never called" not in run.stdout

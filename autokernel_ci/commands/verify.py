@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 0:
         raise AutokernelError("--seeds must not be negative")
     console = make_console()
+    use_interpreter_on_cpu(args.device, console)
     results = []
     for target in targets:
         def step(message: str, name: str = target.name) -> None:
@@ -69,6 +70,18 @@ def run(args: argparse.Namespace) -> int:
         data = results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results]
         write_text(args.json, json.dumps(data, indent=1, default=str) + "\n")
     return 0 if all(r.passed for r in results) else EXIT_NOT_PASSED
+
+
+def use_interpreter_on_cpu(device: str | None, console) -> None:
+    """On a CPU the Triton kernels can only run in Triton's interpreter: turn it on (before any kernel
+    file is loaded), else every swapped op would fall back to the original and nothing would be verified."""
+    import os
+
+    from autokernel_ci.harness.sandbox import resolve_device
+
+    if resolve_device(device) == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        os.environ["TRITON_INTERPRET"] = "1"
+        console.print("[dim]no GPU: the kernels run in Triton's interpreter (TRITON_INTERPRET=1)[/]")
 
 
 def _ms(us: float | None) -> str:
@@ -89,7 +102,9 @@ def print_verify(result, console=None) -> None:
                   f"{escape(', '.join(result.inputs))}  {verdict}  {escape(result.message)}")
     swapped = Counter(s["op"] for s in result.swaps)
     for op, origin in result.kernels.items():
-        console.print(f"  {op}: {swapped[op]} module(s) swapped, kernel {escape(origin)}")
+        calls = result.kernel_calls.get(op, 0)
+        state = f"{calls} kernel call(s)" if calls else "[red]kernel never called[/]"
+        console.print(f"  {op}: {swapped[op]} module(s) swapped, {state}, kernel {escape(origin)}")
     checks = Table(title="outputs vs the original model", show_edge=False, box=None)
     for col in ("inputs", "variant", "rel L2 error", "max abs error", "vs fp32", "original vs fp32", "result"):
         checks.add_column(col)
