@@ -108,6 +108,62 @@ def make_case_inputs(make_inputs: Any, case: Case, device: str, kind: str | None
     return tuple(make_inputs(case.shape, DTYPES[case.dtype], generator, kind or case.kind))
 
 
+# What the stability kinds must look like in at least one floating-point input (see `input_kind_problem`).
+LARGE_RMS = 10.0  # "large": some tensor's RMS at least this (standard normal data: about 1)
+TINY_MAX = 1e-2  # "tiny": some non-zero tensor with every |x| at most this
+# "mixed": the largest row RMS at least this many times the smallest. The built-in factories give 2.3× or
+# more even on 5 rows; ordinary normal rows of 33 or more elements stay under 1.9× (rows of a few
+# elements vary more by chance, so there a factory that ignores "mixed" can go unnoticed).
+MIXED_SPREAD = 2.0
+
+
+def input_kind_problem(kind: str, args: tuple[Any, ...]) -> str | None:
+    """Why the inputs an input factory drew for `kind` do not look like that kind, or None when they do.
+
+    Pure: it reads only the tensors. At least one floating-point input must show the kind (the others,
+    weights and tables, may stay ordinary): "large", an RMS of at least 10; "tiny", non-zero with every
+    magnitude at most 1e-2; "mixed", rows (along the last dim) whose RMS differ by 2× or more; "equal",
+    every row constant along a last dim of 2 or more. "normal" is anything. A factory that ignores
+    `kind` returns ordinary data for every kind, and the stability stage did not test what it claims.
+    """
+    import torch
+
+    if kind == "normal":
+        return None
+    floats = [a.detach().double() for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()
+              and a.numel() > 0]
+    if not floats:
+        return f"{kind!r} inputs: the factory returned no floating-point tensor"
+    floats = [torch.where(torch.isfinite(t), t, torch.zeros_like(t)) for t in floats]
+    if kind == "large":
+        rms = max(float(t.square().mean().sqrt()) for t in floats)
+        return None if rms >= LARGE_RMS else \
+            f"'large' inputs have an RMS of at most {rms:.3g} (large magnitudes mean {LARGE_RMS:g} or more)"
+    if kind == "tiny":
+        peaks = [float(t.abs().max()) for t in floats]
+        if any(0 < peak <= TINY_MAX for peak in peaks):
+            return None
+        return (f"'tiny' inputs reach magnitudes of {min(peaks):.3g} at the least (tiny means non-zero and "
+                f"at most {TINY_MAX:g})")
+    rows = [t.reshape(-1, t.shape[-1]) for t in floats if t.dim() >= 1 and t.shape[-1] >= 2]
+    if kind == "mixed":
+        spreads = []
+        for r in rows:
+            rms = r.square().mean(-1).sqrt()
+            rms = rms[rms > 0]
+            if rms.numel() >= 2:
+                spreads.append(float(rms.max() / rms.min()))
+        if any(s >= MIXED_SPREAD for s in spreads):
+            return None
+        best = f"{max(spreads):.3g}×" if spreads else "no two non-zero rows"
+        return f"'mixed' inputs have rows within {best} of each other in scale (mixed means {MIXED_SPREAD:g}× or more)"
+    if kind == "equal":
+        if any(bool((r == r[:, :1]).all()) for r in rows):
+            return None
+        return "'equal' inputs have no tensor whose rows are each one repeated value"
+    return f"unknown input kind {kind!r}"
+
+
 def to_float64(args: tuple[Any, ...]) -> tuple[Any, ...]:
     import torch
 
@@ -206,6 +262,8 @@ def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, re
         evidence.message = f"modified its inputs (argument {', '.join(map(str, report['inputs_changed']))})"
         return evidence
     args = make_case_inputs(spec.make_inputs, case, device)
+    if case.stage == "stability":
+        evidence.kind_problem = input_kind_problem(case.kind, args)
     refs = reference_outputs(task, case, args)
     out_dtype = expected_dtype(spec, args)
     if outputs is None or len(outputs) != len(refs):
@@ -270,6 +328,13 @@ def stage_evidence(cases: list[Case], evidence: list[CaseEvidence], notes: dict[
         stage_cases = [e for c, e in zip(cases, evidence) if c.stage == name]
         if not stage_cases and not notes.get(name):
             continue
-        stages.append(StageEvidence(name=name, passed=all(e.passed for e in stage_cases), cases=stage_cases,
-                                    notes=list(notes.get(name, []))))
+        stage = StageEvidence(name=name, passed=all(e.passed for e in stage_cases), cases=stage_cases,
+                              notes=list(notes.get(name, [])))
+        problems = list(dict.fromkeys(e.kind_problem for e in stage_cases if e.kind_problem))
+        if problems:
+            # The cases ran, but not on the inputs the stage is named for: it tested nothing it claims.
+            stage.exercised = False
+            stage.notes.append("not exercised: the input factory does not produce these kinds of input ("
+                               + "; ".join(problems) + ")")
+        stages.append(stage)
     return stages

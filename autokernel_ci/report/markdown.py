@@ -33,8 +33,10 @@ def correctness_line(result: EvalResult) -> str:
     if abs_errs or rel_errs:
         worst = "; worst error " + ", ".join(
             f"{kind} {_sci(max(errs))}" for kind, errs in (("abs", abs_errs), ("rel", rel_errs)) if errs)
+    idle = [s.name for s in result.stages if not s.exercised]
+    unexercised = f"; NOT exercised: {', '.join(idle)} (see the notes)" if idle else ""
     return (f"{result.status.value}: {sum(c.passed for c in cases)}/{len(cases)} checks in {len(result.stages)} "
-            f"stages ({stages}); {len(set(result.seeds))} seeds{worst}")
+            f"stages ({stages}); {len(set(result.seeds))} seeds{worst}{unexercised}")
 
 
 def roofline_line(result: EvalResult) -> str:
@@ -110,15 +112,16 @@ def _correctness(results: Sequence[LoopResult]) -> list[str]:
             lines += [f"**{r.task}**: no passing kernel was measured.", ""]
             continue
         lines += [f"**{r.task}** (final kernel): {correctness_line(result)}", "",
-                  "| stage | checks | shapes | dtypes | input kinds | seeds | worst abs err | worst rel err |",
-                  "| --- | ---: | --- | --- | --- | ---: | ---: | ---: |"]
+                  "| stage | result | checks | shapes | dtypes | input kinds | seeds | worst abs err | worst rel err |",
+                  "| --- | --- | ---: | --- | --- | --- | ---: | ---: | ---: |"]
         for stage in result.stages:
             shapes = sorted({"×".join(map(str, c.shape.values())) or "default" for c in stage.cases})
             dtypes = sorted({c.dtype for c in stage.cases})
             kinds = sorted({c.kind for c in stage.cases})
             abs_errs = [c.max_abs_err for c in stage.cases if c.max_abs_err is not None]
             rel_errs = [c.max_rel_err for c in stage.cases if c.max_rel_err is not None]
-            lines.append(f"| {stage.name} | {sum(c.passed for c in stage.cases)}/{len(stage.cases)} | "
+            verdict = stage.verdict if stage.exercised else "**not exercised**"
+            lines.append(f"| {stage.name} | {verdict} | {sum(c.passed for c in stage.cases)}/{len(stage.cases)} | "
                          f"{', '.join(shapes)} | {', '.join(dtypes)} | {', '.join(kinds)} | "
                          f"{len({c.seed for c in stage.cases})} | {_sci(max(abs_errs)) if abs_errs else '-'} | "
                          f"{_sci(max(rel_errs)) if rel_errs else '-'} |")

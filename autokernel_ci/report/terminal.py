@@ -43,7 +43,8 @@ def print_eval_result(result: EvalResult, console=None) -> None:
             abs_errs = [c.max_abs_err for c in stage.cases if c.max_abs_err is not None]
             rel_errs = [c.max_rel_err for c in stage.cases if c.max_rel_err is not None]
             table.add_row(stage.name, f"{passed}/{len(stage.cases)}",
-                          "[green]pass[/]" if stage.passed else "[red]fail[/]",
+                          {"pass": "[green]pass[/]", "fail": "[red]fail[/]"}.get(stage.verdict,
+                                                                               "[yellow]not exercised[/]"),
                           _fmt(max(abs_errs) if abs_errs else None), _fmt(max(rel_errs) if rel_errs else None),
                           "; ".join(stage.notes))
         console.print(table)
