@@ -92,3 +92,65 @@ def test_a_stability_stage_on_inputs_that_ignore_kind_is_not_exercised_in_every_
     assert "NOT exercised: stability" in correctness_line(result)
     again = EvalResult.from_json(result.to_json())  # the evidence survives the JSON round trip
     assert next(s for s in again.stages if s.name == "stability").verdict == "not exercised"
+
+
+FACTORY_RAISES = '''
+import torch
+
+def reference(x):
+    return x * 2
+
+def make_inputs(shape, dtype, generator, kind="normal"):
+    x = torch.randn((shape["rows"], shape["dim"]), generator=generator, device=generator.device).to(dtype)
+    if shape["rows"] == 5:
+        raise ValueError("no rows of 5 here")
+    return (x,)
+
+def broken_reference(x):
+    return x.nonexistent_method()
+'''
+
+
+def config_task(tmp_path: Path, reference: str = "refs:reference"):
+    from autokernel_ci.tasks import resolve_task
+
+    (tmp_path / "refs.py").write_text(FACTORY_RAISES)
+    (tmp_path / "double.py").write_text(KERNEL)
+    config = tmp_path / ".autokernel.yml"
+    config.write_text(textwrap.dedent(f"""
+        version: 1
+        kernels:
+          - name: double
+            path: double.py
+            reference: {reference}
+            inputs: refs:make_inputs
+            shapes: [{{rows: 3, dim: 8}}, {{rows: 5, dim: 33}}]
+            allow: [pointwise]
+    """))
+    return resolve_task("double", config), config
+
+
+def test_an_exception_in_the_users_input_factory_is_reported_as_that_with_file_and_line(tmp_path: Path) -> None:
+    from autokernel_ci.errors import TaskError
+    from autokernel_ci.harness.sandbox import evaluate
+
+    task, _ = config_task(tmp_path)
+    with pytest.raises(TaskError) as err:
+        evaluate(task, task.path, device="cpu", stages=("smoke", "shapes"))
+    message = str(err.value)
+    assert message.startswith("the input factory refs:make_inputs raised ValueError: no rows of 5 here")
+    assert f"{tmp_path / 'refs.py'}, line 10" in message and "CRASH" not in message
+
+
+def test_an_exception_in_the_users_reference_is_reported_as_that_on_the_command_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    task, config = config_task(tmp_path, reference="refs:broken_reference")
+    (tmp_path / "refs.py").write_text(FACTORY_RAISES.replace('shape["rows"] == 5', "False"))
+    run = subprocess.run([sys.executable, "-m", "autokernel_ci", "eval", "--task", "double", "--candidate",
+                          str(task.path), "--config", str(config), "--device", "cpu"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "the reference of double raised AttributeError" in run.stderr
+    assert f"{tmp_path / 'refs.py'}, line 14" in run.stderr

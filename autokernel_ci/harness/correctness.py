@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autokernel_ci.errors import TaskError
 from autokernel_ci.results import CaseEvidence, StageEvidence, finite_or_none
 
 if TYPE_CHECKING:
@@ -164,6 +166,32 @@ def input_kind_problem(kind: str, args: tuple[Any, ...]) -> str | None:
     return f"unknown input kind {kind!r}"
 
 
+def user_code_error(what: str, exc: BaseException) -> str:
+    """'the input factory refs:make_inputs raised ValueError: … (at /repo/refs.py, line 7)': an exception in
+    the user's own code (reference, input factory), named with the innermost frame outside this package."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "autokernel_ci" not in Path(f.filename).parts and "torch" not in Path(f.filename).parts]
+    where = f" (at {frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{what} raised {type(exc).__name__}: {text}{where}"[:600]
+
+
+def _factory_name(task: KernelTask) -> str:
+    if task.kind == "config" and task.inputs:
+        return f"the input factory {task.inputs}"
+    if task.kind == "kernelbench":
+        return f"get_inputs() of {task.kernelbench or task.name}"
+    return f"the input factory of {task.name}"
+
+
+def _reference_name(task: KernelTask) -> str:
+    if task.kind == "kernelbench":
+        return f"the reference Model of {task.kernelbench or task.name}"
+    return f"the reference of {task.name}"
+
+
 def to_float64(args: tuple[Any, ...]) -> tuple[Any, ...]:
     import torch
 
@@ -261,10 +289,23 @@ def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, re
     if report.get("inputs_changed"):
         evidence.message = f"modified its inputs (argument {', '.join(map(str, report['inputs_changed']))})"
         return evidence
-    args = make_case_inputs(spec.make_inputs, case, device)
+    try:
+        args = make_case_inputs(spec.make_inputs, case, device)
+    except Exception as exc:  # the user's factory, not the candidate: say so, with its file and line
+        raise TaskError(user_code_error(_factory_name(task), exc) + f"; case {case.index} ({case.stage}, "
+                        f"{case.kind} inputs, seed {case.seed})") from None
+    if report.get("input_error"):
+        # The factory ran here without error: the candidate's process made that report up.
+        evidence.message = f"its process reported an input-factory error that does not happen here: " \
+                           f"{str(report['input_error'])[:200]}"
+        return evidence
     if case.stage == "stability":
         evidence.kind_problem = input_kind_problem(case.kind, args)
-    refs = reference_outputs(task, case, args)
+    try:
+        refs = reference_outputs(task, case, args)
+    except Exception as exc:
+        raise TaskError(user_code_error(_reference_name(task), exc) + f"; case {case.index} ({case.stage}, "
+                        f"{case.kind} inputs, seed {case.seed})") from None
     out_dtype = expected_dtype(spec, args)
     if outputs is None or len(outputs) != len(refs):
         n = 0 if outputs is None else len(outputs)
