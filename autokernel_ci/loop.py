@@ -879,6 +879,7 @@ class ExperimentLoop:
             self._evaluate(stages=self.settings.screen_stages, plan=self.screen_plan)
         results = {"screen": screen}
         self._describe(row, screen, "screen")
+        self._keep_failing_candidate(n, candidate, screen, row)
         if screen.passed:
             cmp = compare(inc.screen, screen, self._threshold(), seed=n)
             row.ratio, row.ratio_hi = cmp.ratio, cmp.hi
@@ -897,6 +898,7 @@ class ExperimentLoop:
                 gate = self._evaluate(stages=None, plan=self.plan)
                 results["gate"] = gate
                 self._describe(row, gate, "gate")
+                self._keep_failing_candidate(n, candidate, gate, row)
                 if gate.passed:
                     cmp2 = compare(inc.gate, gate, self._threshold(), seed=n + 1)
                     row.gate_ratio, row.gate_score_us = cmp2.ratio, score_us(gate)
@@ -914,6 +916,18 @@ class ExperimentLoop:
                                        f"{1 / cmp2.ratio:.3f}× (lower bound {1 / cmp2.hi:.3f}×; a gain must clear "
                                        f"{cmp2.threshold:.1%} noise)")
         self._save_results(n, results)
+
+    def _keep_failing_candidate(self, n: int, candidate: Candidate, result: EvalResult, row: Experiment) -> None:
+        """A FAIL keeps its candidate (the kernel file is put back after the experiment) beside the row, and
+        the row's note says the `eval` command that runs the same failing cases on it again."""
+        if not result.reproduce or result.plan_seed is None:
+            return
+        from autokernel_ci.harness.correctness import STAGES, reproduce_command
+
+        path = self.out_dir / "experiments" / self.task.name / f"{n:04d}{self.task.path.suffix}"
+        write_atomic(path, candidate.source)
+        stages = tuple(self.settings.screen_stages) if row.stage == "screen" else STAGES
+        row.note = "reproduce: " + reproduce_command(self.task, path, result.plan_seed, stages, self.device)
 
     def _rescreen(self) -> EvalResult:
         """Screen the new incumbent once more and hold later candidates to that: the screening run that

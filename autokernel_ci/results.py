@@ -107,6 +107,8 @@ class EvalResult:
     seeds: list[int] = field(default_factory=list)
     duration_s: float = 0.0
     worker_log: str = ""
+    plan_seed: int | None = None  # the seed `plan_cases` drew every case's seed from
+    reproduce: str = ""  # on FAIL: the `autokernel-ci eval` command that runs the same cases again
 
     @property
     def passed(self) -> bool:

@@ -291,8 +291,11 @@ def experiment_line(p: LoopProgress) -> str:
         else f"{e.description}: {e.message[:120]}"
     from rich.markup import escape
 
-    return (f"{escape(f'[{p.task}]')} {number} [{color}]{e.verdict:<13}[/] {numbers:<44} {escape(detail)}  "
+    line = (f"{escape(f'[{p.task}]')} {number} [{color}]{e.verdict:<13}[/] {numbers:<44} {escape(detail)}  "
             f"[dim]{e.duration_s:.1f} s[/]")
+    if e.note.startswith("reproduce: "):
+        line += f"\n    {escape(e.note)}"
+    return line
 
 
 def print_summary(results: list[LoopResult], paths: dict[str, Path], console) -> None:

@@ -85,6 +85,27 @@ def plan_cases(spec: OpSpec, device: str, seed: int | None = None, stages: tuple
     return cases, notes
 
 
+def reproduce_command(task: KernelTask, candidate: str | Path, seed: int, stages: tuple[str, ...],
+                      device: str) -> str:
+    """The `autokernel-ci eval` command that plans the same cases again: `plan_cases` draws every case's
+    seed from `seed`, in order, so the same seed, stages and device give the same cases (and inputs)."""
+    import shlex
+
+    if task.kind == "kernelbench" and task.kernelbench is not None and task.root is not None \
+            and not (task.root / ".autokernel.yml").is_file():
+        name = str(task.kernelbench)
+    else:
+        name = task.name
+    parts = ["autokernel-ci", "eval", "--task", name, "--candidate", str(candidate), "--seed", str(seed),
+             "--device", device]
+    config = task.root / ".autokernel.yml" if task.root is not None else None
+    if config is not None and config.is_file() and name == task.name:
+        parts += ["--config", str(config)]
+    if tuple(stages) != STAGES:
+        parts += ["--stages", ",".join(stages)]
+    return " ".join(shlex.quote(x) for x in parts)
+
+
 def _pick_odd(shapes: list[dict[str, int]]) -> dict[str, int]:
     """A shape with odd sizes > 1 (where masking bugs show), else the largest."""
     odd = [s for s in shapes if any(v > 1 and v % 2 for v in s.values())]

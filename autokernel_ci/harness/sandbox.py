@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -261,9 +262,11 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
     if findings:
         return _finish(result, Status.REJECTED, _findings_message(findings), started, findings=findings)
 
+    if seed is None:  # a fresh plan seed, recorded, so that a failure can be reproduced from it
+        seed = random.SystemRandom().randrange(1, 2**31 - 1)
     cases, plan_notes = plan_cases(task.spec, device, seed=seed, stages=stages or STAGES,
                                    include_bench_shapes=include_bench_shapes)
-    result.seeds = [c.seed for c in cases]
+    result.seeds, result.plan_seed = [c.seed for c in cases], seed
     request = {"task": task.to_wire(), "candidate": str(path.resolve()), "device": device,
                "cases": [c.to_wire() for c in cases], "poison": True,
                "timing": timing.to_wire() if timing else None}
@@ -292,6 +295,10 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
         if dynamic:
             return _finish(result, Status.REJECTED, _findings_message(dynamic), started, findings=dynamic)
         result = _judge(task, cases, data, Path(tmp), device, plan_notes, result, started)
+        if result.status is Status.FAIL and include_bench_shapes is None:
+            from autokernel_ci.harness.correctness import reproduce_command
+
+            result.reproduce = reproduce_command(task, path, seed, tuple(stages or STAGES), device)
     if result.status is Status.PASS and timing is not None:
         result = _attach_timings(task, data, timing, device, result, work_dir, env_overrides)
         suspicious = timing_findings(result)

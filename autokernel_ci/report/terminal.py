@@ -34,6 +34,10 @@ def print_eval_result(result: EvalResult, console=None) -> None:
                              else "; timings not representative")
     console.print(f"[bold]{result.task}[/] ← {result.candidate}  [dim]({where}, {result.duration_s:.1f} s)[/]")
     console.print(f"[{STATUS_STYLE[result.status]}]{result.status.value}[/]  {result.message}")
+    if result.reproduce:
+        from rich.markup import escape
+
+        console.print(f"reproduce: {escape(result.reproduce)}")
     if result.stages:
         table = Table(show_edge=False, pad_edge=False, box=None)
         for col in ("stage", "checks", "result", "worst abs err", "worst rel err", "notes"):
