@@ -204,3 +204,108 @@ def test_a_fail_prints_the_eval_command_that_reproduces_the_same_failing_case(tm
     assert again.returncode == 1
     failure = lambda out: next(x for x in out.splitlines() if "checks failed; first:" in x)  # noqa: E731
     assert failure(again.stdout) == failure(first.stdout)  # the same case, seed and error
+
+
+# -- one number, one source ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = (ROOT / "examples" / "kernels" / "rmsnorm.py").read_text()
+START = EXAMPLE.replace("BLOCK_SIZE = 1024", "BLOCK_SIZE = 128")
+LOOP_CONFIG = textwrap.dedent("""\
+    version: 1
+    kernels:
+      - name: rmsnorm
+        path: kernels/rmsnorm.py
+        op: rmsnorm
+        shapes: [{rows: 4, dim: 4096}]
+        dtypes: [fp32]
+""")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A real loop run on the CPU interpreter: a much faster candidate (kept), then a much slower one, and
+    every output written."""
+    from autokernel_ci.loop import LoopSettings, init_repository, run_loop, write_reports
+    from autokernel_ci.search import Candidate, Proposer
+    from autokernel_ci.tasks import resolve_task
+
+    root = tmp_path_factory.mktemp("run") / "repo"
+    (root / "kernels").mkdir(parents=True)
+    (root / "kernels" / "rmsnorm.py").write_text(START)
+    (root / ".autokernel.yml").write_text(LOOP_CONFIG)
+    init_repository(root)
+    script = [Candidate(EXAMPLE.replace("BLOCK_SIZE = 1024", f"BLOCK_SIZE = {b}"), f"BLOCK_SIZE {b}",
+                        {"case": b}) for b in (4096, 512)]
+
+    class Scripted(Proposer):
+        name = "scripted"
+
+        def propose(self, task, best_source, best_result, history):
+            done = {e.description for e in history}
+            return next((c for c in script if c.description not in done), None)
+
+    task = resolve_task("rmsnorm", root / ".autokernel.yml")
+    settings = LoopSettings(device="cpu", timeout=180.0, min_timeout=180.0, date="20250101", screen_stages=("smoke",))
+    result = run_loop(task, Scripted(), settings)
+    paths = write_reports([result], result.out_dir, command="autokernel-ci optimize")
+    return result, paths
+
+
+def test_every_output_of_one_run_shows_the_same_numbers(finished_run) -> None:
+    import io
+    import json
+
+    from rich.console import Console
+
+    from autokernel_ci.commands.optimize import experiment_line, print_summary
+    from autokernel_ci.loop import LoopProgress, decided_score_us
+    from autokernel_ci.report.plots import speedup_series
+    from autokernel_ci.report.pr_body import pr_title, render_pr_body
+
+    result, paths = finished_run
+    assert [e.verdict for e in result.experiments] == ["baseline", "kept", "slower"]
+    jsonl = [json.loads(line) for line in (result.out_dir / "results.jsonl").read_text().splitlines()]
+    lines = (result.out_dir / "results.tsv").read_text().splitlines()
+    tsv = [dict(zip(lines[0].split("\t"), row.split("\t"))) for row in lines[1:]]
+    summary = paths["summary"].read_text()
+    body = render_pr_body([result])
+    out = io.StringIO()
+    console = Console(file=out, width=300, highlight=False)
+    for e in result.experiments:
+        console.print(experiment_line(LoopProgress(result.task, "experiment", e.n, 10, None, 0, 60, 0, 40, last=e)))
+    print_summary([result], paths, console)
+    terminal = out.getvalue()
+
+    kept = result.experiments[1]
+    assert kept.speedup_vs_start == pytest.approx(result.speedup)  # one figure for the run
+    for e, row, cells in zip(result.experiments, jsonl, tsv):
+        assert row["speedup_vs_start"] == e.speedup_vs_start
+        assert cells["speedup_vs_start"] == f"{e.speedup_vs_start:.3f}"
+        assert cells["score_us"] == f"{decided_score_us(e):.2f}"
+        assert f"{e.speedup_vs_start:.2f}× vs start" in terminal
+    headline = f"{result.speedup:.2f}×"
+    assert f"| {headline} (interpreter) |" in summary  # the overview
+    assert f"**{headline} faster**" in body and pr_title([result]) == f"autokernel: rmsnorm {headline} faster " \
+        "(CPU interpreter timings)"
+    assert f"| {kept.n} | BLOCK_SIZE 4096 | " in summary and f"| {headline} |" in summary.split("Experiment log")[1]
+    assert headline in terminal.split("optimization summary")[1]
+    # "before" and "after" in the benchmark table are the baseline's and the kept row's full-gate scores.
+    score = {int(c["n"]): float(c["score_us"]) for c in tsv}
+    before_after = [float(x.replace(",", "")) for x in next(
+        ln for ln in summary.splitlines() if ln.startswith("| rmsnorm | 4×4096")).split("|")[4:6]]
+    assert before_after == pytest.approx([score[0], score[1]], rel=1e-3, abs=0.06)
+    # The plot draws those figures: nothing judged slower sits above the best-so-far line.
+    tried, kept_points, line = speedup_series(result)
+    best_at = dict(line)
+    assert kept_points == [(1, kept.speedup_vs_start)]
+    for n, y in tried[1:]:  # after the baseline's point, on the line at 1
+        assert y < best_at[n], (n, y, best_at[n])
+
+
+def test_a_cpu_run_claims_no_run_to_run_noise_and_no_kept_commits_it_lacks(finished_run) -> None:
+    result, paths = finished_run
+    summary = paths["summary"].read_text()
+    assert result.noise is None and result.experiments[0].threshold == pytest.approx(0.005)
+    assert "No run-to-run noise on the CPU interpreter" in summary and "Run-to-run noise" not in summary
+    assert "no run-to-run noise on the CPU interpreter" in result.experiments[0].message

@@ -199,7 +199,7 @@ def record_shard(tmp_path: Path, index: int, task: str, kernel: str, source: str
                           representative=True, duration_s=30.0))
     log.append(Experiment(1, task, "kept", "one pass over the row", {"BLOCK_SIZE": 4096}, "tuner", "PASS", "gate",
                           score_us=93.9, gate_score_us=93.9, gate_ratio=93.9 / 210.0,
-                          gate_speedup_vs_start=210.0 / 93.9, representative=True, commit=kept, branch=branch,
+                          speedup_vs_start=210.0 / 93.9, representative=True, commit=kept, branch=branch,
                           duration_s=40.0))
     log.append(Experiment(2, task, "slower", "num_warps 8", {"num_warps": 8}, "tuner", "PASS", "screen", ratio=1.2,
                           branch=branch, representative=True, duration_s=10.0))

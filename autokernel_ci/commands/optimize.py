@@ -281,7 +281,7 @@ def experiment_line(p: LoopProgress) -> str:
     e = p.last
     color = {"kept": "green", "baseline": "blue", "remeasure": "blue", "slower": "dim", "within-noise": "dim",
              "not-confirmed": "yellow"}.get(e.verdict, "red")
-    speed = e.gate_speedup_vs_start or e.speedup_vs_start
+    speed = e.speedup_vs_start
     speed_text = f"{speed:.2f}× vs start" if speed else ""
     vs_best = f"{1 / e.gate_ratio:.2f}× vs best" if e.gate_ratio else f"{1 / e.ratio:.2f}× vs best" if e.ratio else ""
     roof = f"{e.pct_roofline:.1f}% roofline" if e.pct_roofline is not None else ""

@@ -137,16 +137,21 @@ def _experiment_log(results: Sequence[LoopResult]) -> list[str]:
     for r in results:
         reverted = r.reverted_by_reason()
         by_reason = ", ".join(f"{reverted[v]} {v}" for v in REVERT_VERDICTS if v in reverted) or "none"
-        noise = f"{r.noise:.1%}" if r.noise is not None else "-"
+        if r.noise is not None:
+            noise = f"Run-to-run noise {r.noise:.1%}"
+        elif not r.representative:
+            noise = "No run-to-run noise on the CPU interpreter (its timings follow the machine's load)"
+        else:
+            noise = "Run-to-run noise not measured"
         lines += [f"**{r.task}**: {len(r.tried)} tried, {len(r.kept)} kept, reverted: {by_reason}. "
-                  f"Run-to-run noise {noise}; {r.elapsed_s / 60:.1f} min; proposer `{r.proposer}`; "
+                  f"{noise}; {r.elapsed_s / 60:.1f} min; proposer `{r.proposer}`; "
                   f"stopped because {r.stop_reason or 'the run ended'}.", ""]
         if r.kept:
             lines += ["| # | change | vs previous | vs start | % roofline | commit |",
                       "| ---: | --- | ---: | ---: | ---: | --- |"]
             for e in r.kept:
                 vs_prev = f"{1 / e.gate_ratio:.2f}×" if e.gate_ratio else "-"
-                vs_start = f"{e.gate_speedup_vs_start:.2f}×" if e.gate_speedup_vs_start else "-"
+                vs_start = f"{e.speedup_vs_start:.2f}×" if e.speedup_vs_start else "-"
                 lines.append(f"| {e.n} | {_cell(e.description)} | {vs_prev} | {vs_start} | {_pct(e.pct_roofline)} | "
                              f"`{(e.commit or '')[:10]}` |")
             lines.append("")
