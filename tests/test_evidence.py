@@ -309,3 +309,54 @@ def test_a_cpu_run_claims_no_run_to_run_noise_and_no_kept_commits_it_lacks(finis
     assert result.noise is None and result.experiments[0].threshold == pytest.approx(0.005)
     assert "No run-to-run noise on the CPU interpreter" in summary and "Run-to-run noise" not in summary
     assert "no run-to-run noise on the CPU interpreter" in result.experiments[0].message
+
+
+# -- the first hour -----------------------------------------------------------------------------------
+
+GELU = '''\
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gelu(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n)
+    tl.store(y_ptr + offs, x * tl.sigmoid(1.702 * x), mask=offs < n)
+
+
+def kernel_fn(x):
+    return x
+'''
+
+
+def uncomment_templates(text: str) -> str:
+    """What a user does with init's template: drop the '# ' of the entry lines ('  # - name', '  #   path')."""
+    out = []
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        if stripped.startswith("# - ") or stripped.startswith("#   "):
+            indent = line[: len(line) - len(stripped)]
+            line = indent + stripped[2:]
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("with_builtin", [False, True])
+def test_inits_template_is_valid_yaml_once_uncommented(tmp_path: Path, with_builtin: bool) -> None:
+    import yaml
+
+    from autokernel_ci.commands.init import starter_config
+
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "gelu.py").write_text(GELU)
+    if with_builtin:
+        (tmp_path / "kernels" / "rmsnorm.py").write_text((ROOT / "examples" / "kernels" / "rmsnorm.py").read_text())
+    text = starter_config(tmp_path)
+    as_written = yaml.safe_load(text)
+    assert (as_written["kernels"] or []) == ([{"name": "rmsnorm", "path": "kernels/rmsnorm.py", "op": "rmsnorm"}]
+                                             if with_builtin else [])
+    edited = yaml.safe_load(uncomment_templates(text))
+    gelu = next(k for k in edited["kernels"] if k["name"] == "gelu")
+    assert gelu["path"] == "kernels/gelu.py" and gelu["inputs"] == "mypkg.refs:make_inputs"
+    assert edited["gate"]["threshold"] == 0.03
