@@ -360,3 +360,16 @@ def test_inits_template_is_valid_yaml_once_uncommented(tmp_path: Path, with_buil
     gelu = next(k for k in edited["kernels"] if k["name"] == "gelu")
     assert gelu["path"] == "kernels/gelu.py" and gelu["inputs"] == "mypkg.refs:make_inputs"
     assert edited["gate"]["threshold"] == 0.03
+
+
+def test_bench_says_at_once_what_it_does_and_why_its_baseline_columns_are_empty(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "autokernel_ci", "bench", "--task", "softmax", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    first = proc.stderr.readline()  # the first thing said: before the gate runs, not after
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert first.startswith("bench 1/1 softmax: the correctness gate, then timing")
+    assert "softmax: eager, vendor and compile not timed: on the CPU the kernel runs in Triton's interpreter" in out

@@ -255,6 +255,11 @@ class ProgressDisplay:
             self.recent.append(line)
             if self.live is None:
                 self.console.print(line)
+        elif p.phase == "baseline" and self.live is None:
+            from rich.markup import escape
+
+            self.console.print(escape(f"[{p.task}] {p.candidate}: the full gate with timing, then two screening "
+                                      "runs (the reference every candidate is held to) …"))
         elif p.phase == "done" and self.live is None:
             from rich.markup import escape
 

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 from typing import Any
 
-from autokernel_ci.commands import write_text
+from autokernel_ci.commands import step, write_text
 from autokernel_ci.errors import AutokernelError
 
 
@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     plans = []
     for target in targets:
         trace = _trace_path(args.trace, target.name, len(targets))
+        if not console.is_terminal:
+            step(f"profiling {target.name}: {args.warmup} warm-up and {args.steps} profiled forward(s)")
         with console.status(f"profiling {target.name}") if console.is_terminal else _nothing():
             plan = profile_model(target, device=args.device, steps=args.steps, warmup=args.warmup,
                                  factory_kwargs=kwargs, trace=trace)
