@@ -266,3 +266,26 @@ def test_merge_refuses_shards_that_edit_the_same_file(project, tmp_path):
         merge_results([tmp_path / "autokernel-shards"], project)
     assert "autokernel/optimize" not in git(project, "branch", "--list")
     assert git(project, "worktree", "list").count("\n") == 0  # the temporary worktree is gone
+
+
+def test_merge_dry_run_changes_nothing_on_disk_or_in_git(project, tmp_path, capsys):
+    record_shard(tmp_path, 0, "rmsnorm", "kernels/rmsnorm.py", NORM_KERNEL)
+    out = project / "autokernel-out"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"n": 0, "task": "earlier", "verdict": "baseline"}\n')
+
+    def state() -> dict:
+        files = {str(p.relative_to(project)): p.read_bytes() for p in sorted(project.rglob("*"))
+                 if p.is_file() and ".git/objects/" not in p.as_posix()}
+        return {"files": files, "refs": git(project, "for-each-ref"), "status": git(project, "status", "--porcelain"),
+                "worktrees": git(project, "worktree", "list")}
+
+    before = state()
+    assert main(["merge", "--results", str(tmp_path / "autokernel-shards"), "--repo", str(project), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "dry run: would push autokernel/optimize-" in printed and "would be at" in printed
+    after = state()
+    changed = sorted(k for k in set(before["files"]) | set(after["files"])
+                     if before["files"].get(k) != after["files"].get(k))
+    assert changed == []
+    assert after == before  # no branch, no moved results folder, no exclude line, no worktree left
