@@ -174,3 +174,94 @@ def test_verify_command_turns_the_interpreter_on_for_a_cpu(tmp_path: Path) -> No
                          env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "kernel call(s)" in run.stdout and "never called" not in run.stdout
+
+
+CUSTOM_MODEL = '''
+import torch
+
+
+def gelu_fn(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+class Gelu(torch.nn.Module):
+    def forward(self, x):
+        return gelu_fn(x)
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.out = torch.nn.Linear(16, 32), Gelu(), torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.out(self.act(self.fc(x)))
+
+
+def build():
+    torch.manual_seed(0)
+    return Net(), (torch.randn(3, 16),)
+
+
+def reference(x):
+    return gelu_fn(x)
+
+
+def make_inputs(shape, dtype, generator, kind="normal"):
+    return (torch.randn((shape["rows"], shape["dim"]), generator=generator).to(dtype),)
+'''
+GELU_TRITON = '''
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gelu_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n).to(tl.float32)
+    tl.store(y_ptr + offs, (x * tl.sigmoid(SCALE * x)).to(y_ptr.dtype.element_ty), mask=offs < n)
+
+
+SCALE = 1.702
+
+
+def launch(x):
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    _gelu_kernel[(triton.cdiv(x.numel(), 256),)](x, y, x.numel(), BLOCK=256)
+    return y
+'''
+
+
+@pytest.fixture
+def custom_repo(tmp_path: Path) -> Path:
+    (tmp_path / "mynet.py").write_text(CUSTOM_MODEL)
+    (tmp_path / "gelu.py").write_text(GELU_TRITON)
+    (tmp_path / "gelu_wrong.py").write_text(GELU_TRITON.replace("SCALE = 1.702", "SCALE = 1.0"))
+    (tmp_path / ".autokernel.yml").write_text(
+        "version: 1\nkernels:\n"
+        "  - {name: gelu, path: gelu.py, entry: launch, reference: 'mynet:reference', inputs: 'mynet:make_inputs',"
+        " shapes: [{rows: 3, dim: 32}]}\n"
+        "  - {name: gelu_wrong, path: gelu_wrong.py, entry: launch, reference: 'mynet:reference',"
+        " inputs: 'mynet:make_inputs', shapes: [{rows: 3, dim: 32}]}\n"
+        "models:\n  - {name: net, factory: 'mynet:build', dtype: fp32, swap: [rmsnorm]}\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("where", ["mynet:Gelu", "mynet:gelu_fn"])
+def test_a_config_tasks_own_kernel_is_swapped_for_the_module_or_function_it_names(custom_repo: Path,
+                                                                                  where: str) -> None:
+    config = custom_repo / ".autokernel.yml"
+    target = model_target("net", config)[0]
+    right = verify_model(target, config_path=config, custom={"gelu": where}, ops=[], seeds=(1,),
+                         time_variants=False, compile=False)
+    assert right.passed, right.message
+    assert right.kernel_calls["gelu"] == 2  # once per input set: the Triton kernel ran
+    assert "gelu 1 module, 2 kernel calls" in right.message
+    wrong = verify_model(target, config_path=config, custom={"gelu_wrong": where}, ops=[], seeds=(1,),
+                         time_variants=False, compile=False)
+    assert not wrong.passed and wrong.kernel_calls["gelu_wrong"] == 2
+    import mynet  # the swapped function is put back
+
+    assert mynet.gelu_fn.__name__ == "gelu_fn"

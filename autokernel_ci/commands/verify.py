@@ -19,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="OUT", help="write the result JSON here (a list when several models)")
     p.add_argument("--kernel", action="append", default=[], metavar="OP=FILE",
                    help="use this kernel file for an op, e.g. --kernel rmsnorm=kernels/rmsnorm.py (repeatable)")
+    p.add_argument("--swap", action="append", default=[], metavar="TASK=MODULE:ATTR",
+                   help="put a kernel task of the config (your own kernel too) in place of a module class or a "
+                        "function of the model's code, e.g. --swap gelu=mypkg.model:GeluMLP (repeatable)")
     p.add_argument("--ops", metavar="OP,OP", help="the ops to swap (default: the model's `swap`, else all but matmul)")
     p.add_argument("--seeds", type=int, default=2, metavar="N", help="sets of fresh random inputs (default 2)")
     p.add_argument("--no-time", action="store_true", help="check outputs only")
@@ -48,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not Path(path).is_file():
             raise AutokernelError(f"--kernel expects OP=FILE with an existing file, got {pair!r}")
         kernels[op] = Path(path)
+    custom = {}
+    for pair in args.swap:
+        task, sep, where = pair.partition("=")
+        if not sep or ":" not in where:
+            raise AutokernelError(f"--swap expects TASK=MODULE:ATTR, got {pair!r}")
+        custom[task] = where
     ops = [o.strip() for o in args.ops.split(",") if o.strip()] if args.ops else None
     if args.seeds < 0:
         raise AutokernelError("--seeds must not be negative")
@@ -61,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         result = verify_model(target, kernels=kernels, ops=ops, config_path=config, device=args.device,
                               seeds=range(1, args.seeds + 1), time_variants=not args.no_time,
                               compile=not args.no_compile, compile_backend=args.compile_backend,
-                              factory_kwargs=factory_kwargs(args.arg), on_step=step)
+                              factory_kwargs=factory_kwargs(args.arg), custom=custom, on_step=step)
         results.append(result)
         print_verify(result, console)
     if args.json:
