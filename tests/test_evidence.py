@@ -90,6 +90,13 @@ def test_a_stability_stage_on_inputs_that_ignore_kind_is_not_exercised_in_every_
     assert any("not exercised" in n and "'large'" in n for n in stability.notes)
     assert {c.kind for c in stability.cases if c.kind_problem} == {"large", "tiny", "mixed", "equal"}
     assert "NOT exercised: stability" in correctness_line(result)
+    from types import SimpleNamespace
+
+    from autokernel_ci.report.markdown import _correctness
+
+    table = "\n".join(_correctness([SimpleNamespace(task="double", best_result=result)]))  # summary and PR body
+    stability_row = next(line for line in table.splitlines() if line.startswith("| stability |"))
+    assert "(**not exercised**)" in stability_row and "not exercised: the input factory" in table
     again = EvalResult.from_json(result.to_json())  # the evidence survives the JSON round trip
     assert next(s for s in again.stages if s.name == "stability").verdict == "not exercised"
 
