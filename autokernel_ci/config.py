@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import importlib.util
 import os
 import re
 import sys
@@ -358,28 +357,123 @@ def top_level_names(tree: ast.Module) -> set[str]:
 
 
 def _find_definition(module: str, attr: str, root: Path) -> str | None:
-    """Why `module:attr` cannot be resolved from `root`, or None. Reads source; executes nothing."""
-    added = str(root) not in sys.path
-    if added:
-        sys.path.insert(0, str(root))
+    """Why `module:attr` cannot be resolved from `root`, or None. Reads source; imports and executes nothing
+    (not even a parent package's `__init__.py`, which `importlib.util.find_spec` of a dotted name would run)."""
+    origin = module_source(module, root)
+    if origin is None:
+        return f"module {module!r} not found (searched {root} and the installed packages)"
+    if not origin.endswith(".py"):
+        return None  # a compiled or namespace module: trust it
     try:
+        tree = ast.parse(Path(origin).read_text(), filename=origin)
+    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+        return f"module {module!r} could not be read: {exc}"
+    names = top_level_names(tree)
+    if attr not in names:
+        return f"module {module!r} ({origin}) defines no {attr!r}" + _suggest(attr, names)
+    return None
+
+
+def module_source(module: str, root: Path) -> str | None:
+    """The file that `import module` would load with `root` first on sys.path (a package's
+    `__init__.py`, a namespace package's folder, or an installed module's origin), found without importing."""
+    parts = module.split(".")
+    base = Path(root).joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return str(candidate)
+    if base.is_dir():
+        return str(base)
+    if parts[0] in sys.builtin_module_names:
+        return "built-in"
+    from importlib.machinery import PathFinder
+
+    search = [p for p in sys.path if p and Path(p).resolve() != Path(root).resolve()]
+    spec = None
+    for i in range(len(parts)):
         try:
-            spec = importlib.util.find_spec(module)
+            spec = PathFinder.find_spec(".".join(parts[:i + 1]), search)
         except (ImportError, ValueError):
-            spec = None
+            return None
         if spec is None:
-            return f"module {module!r} not found (searched {root} and the installed packages)"
-        origin = spec.origin
-        if not origin or not origin.endswith(".py"):
-            return None  # a compiled or namespace module: trust it
-        try:
-            tree = ast.parse(Path(origin).read_text(), filename=origin)
-        except (OSError, SyntaxError) as exc:
-            return f"module {module!r} could not be read: {exc}"
-        names = top_level_names(tree)
-        if attr not in names:
-            return f"module {module!r} ({origin}) defines no {attr!r}" + _suggest(attr, names)
+            return None
+        if i + 1 < len(parts):
+            search = list(spec.submodule_search_locations or [])
+            if not search:
+                return None
+    if spec is None:
         return None
-    finally:
-        if added:
-            sys.path.remove(str(root))
+    if spec.origin and spec.origin not in ("built-in", "frozen", "namespace"):
+        return spec.origin
+    return next(iter(spec.submodule_search_locations or []), None) or "built-in"
+
+
+# --- the policy: what decides the gate's verdicts -----------------------------------------------------
+
+# A task's keys that decide its verdict. `path` and `entry` are not among them: they say where the
+# kernel is and what it is called, which is the pull request's to change (a moved file is the same task).
+TASK_POLICY_KEYS = ("op", "reference", "inputs", "kernelbench", "shapes", "bench_shapes", "dtypes", "tolerance",
+                    "allow", "risk")
+
+
+@dataclass
+class PolicyChange:
+    """One policy key that the head changed: its value in the base and in the head (None: not set)."""
+
+    key: str  # "gate.threshold", "risk", "kernels.rmsnorm.tolerance.fp32", …
+    base: Any
+    head: Any
+    task: str | None = None
+
+
+def policy_values(cfg: Config) -> dict[str, tuple[str | None, Any]]:
+    """Every policy key of a config → (task, value), as plain data (tuples become lists)."""
+    values: dict[str, tuple[str | None, Any]] = {
+        "gate.threshold": (None, cfg.gate.threshold),
+        "gate.max_minutes": (None, cfg.gate.max_minutes),
+        "gate.all": (None, cfg.gate.all_tasks),
+        "risk": (None, _plain(cfg.risk)),
+    }
+    for entry in cfg.kernels:
+        prefix = f"kernels.{entry.name}"
+        for key in TASK_POLICY_KEYS:
+            if key == "tolerance":
+                for dtype, pair in sorted(entry.tolerance.items()):
+                    values[f"{prefix}.tolerance.{dtype}"] = (entry.name, list(pair))
+                continue
+            values[f"{prefix}.{key}"] = (entry.name, _plain(getattr(entry, key)))
+    return values
+
+
+def policy_changes(base: Config, head: Config, since: Config | None = None) -> list[PolicyChange]:
+    """The policy keys of the base's tasks and `gate:` that the head set differently, in a stable order.
+
+    `since` (the merge base's config, when the head branched from an older base) decides what the head
+    changed: a key the base changed after the head branched, and the head left alone, is the base's and
+    not listed. Tasks only the head has are new tasks, not policy changes; tasks only the base has are
+    removed tasks, reported apart."""
+    before = policy_values(since if since is not None else base)
+    now, after = policy_values(base), policy_values(head)
+    head_names = {k.name for k in head.kernels}
+    changes = []
+    for key in sorted(set(now) | set(before) | set(after), key=_policy_order):
+        task = (now.get(key) or before.get(key) or after.get(key) or (None, None))[0]
+        if task is not None and (base.kernel(task) is None or task not in head_names):
+            continue  # a task added or removed: its own verdict
+        old, new = (now.get(key) or (None, None))[1], (after.get(key) or (None, None))[1]
+        if new == old or new == (before.get(key) or (None, None))[1]:
+            continue
+        changes.append(PolicyChange(key=key, base=old, head=new, task=task))
+    return changes
+
+
+def _policy_order(key: str) -> tuple[int, str]:
+    return (1 if key.startswith("kernels.") else 0, key)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value

@@ -3,11 +3,17 @@
     report = run_gate(repo, "origin/main", "HEAD")
     sys.exit(report.exit_code)
 
-1. Both revisions are checked out as detached git worktrees in a temporary folder, removed at the
-   end (also on error). The tasks come from the head's `.autokernel.yml`. A task is gated when its
-   kernel file, its reference or inputs module, its KernelBench file or its config entry differs
-   between base and head (`all_tasks`: every task); a task only the head has is new, one only the
-   base has is removed.
+1. Both revisions (and their merge base) are checked out as detached git worktrees in a temporary
+   folder, removed at the end (also on error). The policy is the base's `.autokernel.yml`: its tasks,
+   references, inputs, KernelBench files, shapes, dtypes, tolerances, allow-lists, risk and `gate:`.
+   A head config that sets any of it differently, or edits the code behind it, gets one blocking
+   `policy-changed` verdict listing each key (`config.policy_changes`); a base task the head no longer
+   lists is `removed` (blocking); both are lifted only by an approval (`GateReport.accept`, see
+   `commands.gate`). A task is gated when its config entry, its kernel file or any repository file
+   the kernel imports (`closure`, read statically, in both trees), or its policy's files changed
+   since the merge base (`all_tasks`: every task); a task only the head has is new.
+   The head's kernels are evaluated in a judged tree: the base's files with the head's changes to
+   the gated kernels' import closures, the policy's files always the base's.
 2. The head's kernel goes through the whole correctness gate (`harness.sandbox.evaluate`): a head
    that is not correct fails, whatever its speed.
 3. On a GPU, base and head are timed against each other in one sandboxed worker process (the
@@ -22,9 +28,10 @@
    of that GPU alone), so base and head of a task are always timed on the same card. The verdicts
    come back in the config's order whatever finishes first.
 
-Verdicts: pass, regression, improvement, fail (the head is not correct), new, removed,
+Verdicts: pass, regression, improvement, fail (the head is not correct), new, removed, policy-changed,
 inconclusive (the interval stayed too wide until the time cap, or a regression did not reproduce),
-error (the task could not be checked). Regression, fail and error block the merge (`exit_code` 1).
+error (the task could not be checked). Regression, fail and error block the merge (`exit_code` 1), and
+so do policy-changed and removed until accepted.
 """
 
 from __future__ import annotations
@@ -48,12 +55,16 @@ from autokernel_ci import stats
 from autokernel_ci.errors import AutokernelError, ConfigError, GitError
 
 if TYPE_CHECKING:
-    from autokernel_ci.config import Config, KernelEntry
+    from autokernel_ci.config import Config, KernelEntry, PolicyChange
     from autokernel_ci.harness.sandbox import TimingPlan
     from autokernel_ci.tasks import KernelTask
 
-VERDICTS = ("pass", "regression", "improvement", "fail", "new", "removed", "inconclusive", "error")
-BLOCKING = ("regression", "fail", "error")
+VERDICTS = ("pass", "regression", "improvement", "fail", "new", "removed", "policy-changed", "inconclusive",
+            "error")
+BLOCKING = ("regression", "fail", "error", "policy-changed", "removed")
+POLICY_TASK = "(policy)"  # the verdict on the config as a whole; no task can be named so (config.NAME_RE)
+# Blocking until a person with write access, other than the author, approves the head commit.
+ACCEPTABLE = ("policy-changed", "removed")
 EXIT_PASSED = 0
 EXIT_BLOCKED = 1
 
@@ -150,6 +161,7 @@ class TaskVerdict:
     base_message: str = ""
     head_result: dict[str, Any] | None = None  # the head's whole EvalResult: stages, seeds, errors
     gpu: str | None = None  # the GPU this task was gated on (its CUDA_VISIBLE_DEVICES id), with several workers
+    accepted_by: str = ""  # a policy change or removal approved on the head commit: by whom (`accept`)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -157,7 +169,7 @@ class TaskVerdict:
 
     @property
     def blocking(self) -> bool:
-        return self.verdict in BLOCKING
+        return self.verdict in BLOCKING and not (self.verdict in ACCEPTABLE and self.accepted_by)
 
 
 @dataclass
@@ -181,6 +193,20 @@ class GateReport:
     environment: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     workers: int = 1  # tasks gated at once (one per GPU)
+    merge_base: str = ""  # the commit the changed tasks were found against (what the head changed since)
+    policy_changes: list[dict[str, Any]] = field(default_factory=list)  # config.PolicyChange as data
+
+    @property
+    def needs_acceptance(self) -> list[TaskVerdict]:
+        """The verdicts only a person's approval can lift (policy-changed, removed), not yet lifted."""
+        return [v for v in self.verdicts if v.verdict in ACCEPTABLE and not v.accepted_by]
+
+    def accept(self, by: str) -> None:
+        """Lift the policy-changed and removed verdicts: `by` approved the head commit (see commands.gate)."""
+        for v in self.verdicts:
+            if v.verdict in ACCEPTABLE:
+                v.accepted_by = by
+        self.exit_code = exit_code_for(self.verdicts)
 
     @property
     def passed(self) -> bool:
@@ -219,7 +245,8 @@ def _task_verdict_from_dict(data: dict[str, Any]) -> TaskVerdict:
 
 
 def exit_code_for(verdicts: Sequence[TaskVerdict]) -> int:
-    """1 when any verdict blocks the merge (regression, fail, error), else 0."""
+    """1 when any verdict blocks the merge (regression, fail, error; policy-changed and removed unless
+    accepted), else 0."""
     return EXIT_BLOCKED if any(v.blocking for v in verdicts) else EXIT_PASSED
 
 
@@ -498,8 +525,10 @@ def _checked_ab_result(data: Any, n_shapes: int, names: Sequence[str]) -> list[d
     def bad(why: str) -> TimingError:
         return TimingError(None, f"the A/B timing process's report is malformed: {why}")
 
-    if not isinstance(data, dict) or data.get("protocol") != 1 or data.get("mode") != "ab":
-        raise bad("not a protocol-1 A/B report")
+    from autokernel_ci.harness.worker import PROTOCOL
+
+    if not isinstance(data, dict) or data.get("protocol") != PROTOCOL or data.get("mode") != "ab":
+        raise bad(f"not a protocol-{PROTOCOL} A/B report")
     shapes = data.get("shapes")
     if not isinstance(shapes, list) or len(shapes) != n_shapes:
         raise bad(f"expected {n_shapes} shapes")
@@ -621,93 +650,208 @@ def worktrees(root: Path, commits: dict[str, str], work_dir: Path | None = None)
 
 @dataclass
 class TaskPlan:
-    """One task of the gate: its entries in both configs, its files, and whether anything of it changed."""
+    """One task of the gate: its entries in both configs, its files, and whether anything of it changed.
+
+    `policy_entry` is what the head is judged by: the base's entry (its reference, inputs, KernelBench
+    file, shapes, dtypes, tolerances, allow-list, risk) with the head's `path` and `entry`, since where
+    the kernel lives is the pull request's to change. For a task only the head has, the head's entry.
+    """
 
     name: str
     head_entry: KernelEntry | None
     base_entry: KernelEntry | None
-    head_path: Path | None  # the kernel file in the head worktree
+    head_path: Path | None  # the kernel file the head is judged by (in the judged tree)
     base_path: Path | None  # the kernel file in the base worktree, None when the base has none
     path: str | None  # the kernel file relative to the repository (the head's, or the base's when removed)
     changed: bool
     status: str  # "gate", "new", "removed"
     note: str = ""
+    policy_entry: KernelEntry | None = None
+    policy_cfg: Config | None = None  # the config whose root the task's reference and inputs come from
 
 
-def _load_head_config(head_root: Path, config_rel: Path, head_label: str) -> Config:
+def _load_config_of(tree: Path, config_rel: Path, label: str, which: str) -> Config:
     from autokernel_ci.config import load_config
 
-    path = head_root / config_rel
+    path = tree / config_rel
     if not path.is_file():
-        raise AutokernelError(f"no {config_rel.as_posix()} in head ({head_label}): nothing to gate; add a config "
+        if which == "base":
+            raise _config_error(
+                config_rel, f"the base ({label}) has no {config_rel.as_posix()}: the gate takes its policy (tasks, "
+                "references, tolerances, threshold) from the branch the pull request merges into, so merge a "
+                "config there first (`autokernel-ci init`), or pass --config")
+        raise AutokernelError(f"no {config_rel.as_posix()} in head ({label}): nothing to gate; add a config "
                               "listing the kernels, or pass --config")
     try:
         return load_config(path)
     except ConfigError as exc:
-        text = str(exc).replace(str(head_root) + os.sep, "").replace(str(head_root), ".")
+        text = str(exc).replace(str(tree) + os.sep, "").replace(str(tree), ".")
         missing_file = any(msg.startswith("file not found") for _, msg in getattr(exc, "problems", []))
-        err = ConfigError(config_rel.as_posix(), "", "invalid")
-        message = f"the head's config is invalid ({head_label}): {text}"
-        if missing_file:
+        message = f"the {which}'s config is invalid ({label}): {text}"
+        if missing_file and which == "head":
             message += ("\n(a kernel file listed in the config is missing in head: if it was deleted on purpose, "
                         "remove its entry from the config too)")
-        err.args = (message,)
-        raise err from None
+        raise _config_error(config_rel, message) from None
 
 
-def _load_base_config(base_root: Path, config_rel: Path) -> tuple[Config | None, str | None]:
-    from autokernel_ci.config import load_config
-
-    path = base_root / config_rel
-    if not path.is_file():
-        return None, f"the base has no {config_rel.as_posix()}: every task counts as changed"
-    try:
-        return load_config(path), None
-    except ConfigError as exc:
-        first = str(exc).replace(str(base_root) + os.sep, "").splitlines()[0]
-        return None, f"the base's config is invalid ({first}); head's entries were compared with the same files in base"
+def _config_error(config_rel: Path, message: str) -> ConfigError:
+    err = ConfigError(config_rel.as_posix(), "", "invalid")
+    err.args = (message,)
+    return err
 
 
-def _entry_files(entry: KernelEntry, config_dir: Path) -> list[str]:
-    """Repository-relative files a task depends on: kernel, KernelBench file, reference and inputs modules."""
-    files = [entry.path] + ([entry.kernelbench] if entry.kernelbench else [])
+def _load_head_config(head_root: Path, config_rel: Path, head_label: str) -> Config:
+    return _load_config_of(head_root, config_rel, head_label, "head")
+
+
+def _repo_rel(path: Path, tree: Path) -> str:
+    return path.resolve().relative_to(tree.resolve()).as_posix()
+
+
+def kernel_closure(entry: KernelEntry, tree: Path, config_dir: Path) -> set[str]:
+    """The kernel file of a task and every repository file it imports (statically), repository-relative."""
+    from autokernel_ci.closure import import_closure
+
+    kernel = tree / config_dir / entry.path
+    files = import_closure([kernel], tree, search=[kernel.parent, tree / config_dir])
+    return {_repo_rel(f, tree) for f in files} | {os.path.normpath(config_dir / entry.path).replace(os.sep, "/")}
+
+
+def policy_closure(entry: KernelEntry, tree: Path, config_dir: Path) -> set[str]:
+    """The files behind a task's policy: its reference and inputs modules, its KernelBench file, and every
+    repository file they import (statically), repository-relative."""
+    from autokernel_ci.closure import import_closure
+    from autokernel_ci.config import module_source
+
+    root = tree / config_dir
+    starts: list[Path] = []
     for target in (entry.reference, entry.inputs):
         if target:
-            module = target.split(":")[0].replace(".", "/")
-            files += [f"{module}.py", f"{module}/__init__.py"]
-    return [os.path.normpath(config_dir / f).replace(os.sep, "/") for f in files if f]
+            origin = module_source(target.split(":")[0], root)
+            if origin and origin.endswith(".py"):
+                starts.append(Path(origin))
+            parts = target.split(":")[0].split(".")
+            starts += [root.joinpath(*parts[:i], "__init__.py") for i in range(1, len(parts))]
+    search = [root]
+    if entry.kernelbench:
+        starts.append(root / entry.kernelbench)
+        search = [(root / entry.kernelbench).parent, root]
+    return {_repo_rel(f, tree) for f in import_closure(starts, tree, search=search)}
 
 
 def plan_tasks(head_cfg: Config, base_cfg: Config | None, head_root: Path, base_root: Path, config_rel: Path,
-               changed: set[str]) -> list[TaskPlan]:
-    """Every task of the head's config (changed or not), then those only the base's config has."""
+               changed: set[str], since_cfg: Config | None = None, judged_root: Path | None = None) -> list[TaskPlan]:
+    """Every task of the base's config (changed or not) judged by the base's policy, then the head's new tasks.
+
+    A base task the head no longer lists is removed; one the base gained after the head branched
+    (absent from `since_cfg`, the merge base's config) is not the head's doing and is left out. A task
+    is changed when its config entry or any file of its kernel's or its policy's import closure, in
+    either tree, is in `changed`."""
     config_dir = config_rel.parent
+    judged_root = judged_root or head_root
+    base_cfg = base_cfg if base_cfg is not None else head_cfg
+    policy_cfg = replace(base_cfg, root=(judged_root / config_dir).resolve())
     plans = []
+    for base_entry in base_cfg.kernels:
+        entry = head_cfg.kernel(base_entry.name)
+        base_file = base_root / config_dir / base_entry.path
+        if entry is None:
+            if since_cfg is not None and since_cfg.kernel(base_entry.name) is None:
+                continue  # added to the base after the head branched
+            path = os.path.normpath(config_dir / base_entry.path).replace(os.sep, "/")
+            still = (head_root / config_dir / base_entry.path).is_file()
+            note = (f"its kernel file {path} is still in head but no longer listed" if still
+                    else f"its kernel file {path} was deleted in head")
+            plans.append(TaskPlan(base_entry.name, None, base_entry, None, base_file, path, True, "removed", note))
+            continue
+        since_entry = since_cfg.kernel(entry.name) if since_cfg is not None else base_entry
+        files = (kernel_closure(entry, head_root, config_dir) | policy_closure(base_entry, base_root, config_dir)
+                 | (kernel_closure(base_entry, base_root, config_dir) if base_file.is_file() else set()))
+        differs = (since_entry is None or asdict(since_entry) != asdict(entry) or bool(files & changed))
+        policy_entry = replace(base_entry, path=entry.path, entry=entry.entry)
+        path = os.path.normpath(config_dir / entry.path).replace(os.sep, "/")
+        plans.append(TaskPlan(entry.name, entry, base_entry, judged_root / config_dir / entry.path,
+                              base_file if base_file.is_file() else None, path, differs, "gate",
+                              policy_entry=policy_entry, policy_cfg=policy_cfg))
     for entry in head_cfg.kernels:
-        base_entry = base_cfg.kernel(entry.name) if base_cfg is not None else entry  # no base config: same files
-        head_files = _entry_files(entry, config_dir)
-        base_path = None
-        if base_entry is not None and (base_root / config_dir / base_entry.path).is_file():
-            base_path = base_root / config_dir / base_entry.path
-        base_files = _entry_files(base_entry, config_dir) if base_entry is not None else []
-        status = "gate" if base_path is not None else "new"
-        differs = (base_cfg is None or base_entry is None or asdict(base_entry) != asdict(entry)
-                   or any(f in changed for f in head_files + base_files))
-        plans.append(TaskPlan(entry.name, entry, base_entry, head_root / config_dir / entry.path, base_path,
-                              head_files[0], status != "gate" or differs, status))
-    if base_cfg is not None:
-        for entry in base_cfg.kernels:
-            if head_cfg.kernel(entry.name) is None:
-                path = _entry_files(entry, config_dir)[0]
-                still = (head_root / config_dir / entry.path).is_file()
-                note = (f"its kernel file {path} is still in head but no longer listed" if still
-                        else f"its kernel file {path} was deleted in head")
-                plans.append(TaskPlan(entry.name, None, entry, None, base_root / config_dir / entry.path, path,
-                                      True, "removed", note))
+        if base_cfg.kernel(entry.name) is None:
+            path = os.path.normpath(config_dir / entry.path).replace(os.sep, "/")
+            plans.append(TaskPlan(entry.name, entry, None, head_root / config_dir / entry.path, None, path, True,
+                                  "new", policy_entry=entry, policy_cfg=head_cfg))
     return plans
 
 
+def judged_tree(base_root: Path, head_root: Path, dest: Path, overlay: set[str]) -> Path:
+    """The tree the head's kernels are evaluated in: the base's files, with the head's version of each file
+    in `overlay` (the pull request's changes to the kernels' import closures). Policy files stay the base's."""
+    shutil.copytree(base_root, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+    for rel in sorted(overlay):
+        source, target = head_root / rel, dest / rel
+        if source.is_file() and not source.is_symlink():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink() or target.is_dir():
+                continue
+            shutil.copyfile(source, target)
+    return dest
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    except OSError:
+        return None
+
+
+def _policy_file_changes(base_cfg: Config, base_root: Path, head_root: Path, judged_root: Path,
+                         config_dir: Path, changed: set[str]) -> list[PolicyChange]:
+    """The code behind the base's policy that the head changed: a reference, inputs or KernelBench file (or a
+    file one of them imports) edited or deleted, and any file of the head's that the policy's code would now
+    import in the judged tree (a module shadowing one the reference imports)."""
+    from autokernel_ci.config import PolicyChange
+
+    out: list[PolicyChange] = []
+    for entry in base_cfg.kernels:
+        if not (entry.reference or entry.inputs or entry.kernelbench):
+            continue
+        files = policy_closure(entry, base_root, config_dir)
+        for rel in sorted(files & changed):
+            head_digest = _digest(head_root / rel)
+            out.append(PolicyChange(key=f"kernels.{entry.name} policy code {rel}",
+                                    base=f"sha256 {_digest(base_root / rel)}",
+                                    head=f"sha256 {head_digest}" if head_digest else "deleted", task=entry.name))
+        for rel in sorted(policy_closure(entry, judged_root, config_dir) - files):
+            out.append(PolicyChange(key=f"kernels.{entry.name} policy code {rel}", base="not imported",
+                                    head=f"imported from the head (sha256 {_digest(judged_root / rel)})",
+                                    task=entry.name))
+    return out
+
+
+def policy_verdict(changes: Sequence[PolicyChange], config_rel: Path, head_sha: str) -> TaskVerdict:
+    keys = "; ".join(f"{c.key}: {_value(c.base)} → {_value(c.head)}" for c in changes)
+    at = f" {head_sha[:12]}" if head_sha else ""
+    return TaskVerdict(task=POLICY_TASK, verdict="policy-changed", path=config_rel.as_posix(),
+                       reason=f"the head changes the gate's policy ({len(changes)} key{'s' * (len(changes) != 1)}): "
+                              f"{keys}. The head was judged by the base's policy; this blocks until someone with "
+                              f"write access, other than the author, approves the head commit{at}")
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(", ", ": ")) if value is not None else "(not set)"
+
+
 # --- the gate -------------------------------------------------------------------------------------
+
+
+def merge_base(root: Path, base_sha: str, head_sha: str, base: str = "base", head: str = "head") -> str:
+    """The commit the head branched from the base at (`git merge-base`), or GitError when they share none."""
+    out = subprocess.run(["git", "merge-base", base_sha, head_sha], cwd=root, capture_output=True, text=True,
+                         check=False)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise GitError(f"base '{base}' ({base_sha[:12]}) is not an ancestor of head '{head}' ({head_sha[:12]}) "
+                       "and they share no history: pass the branch the pull request merges into as --base")
+    return out.stdout.strip()
 
 
 def run_gate(repo: str | Path, base: str, head: str = "HEAD", *, threshold: float | None = None,
@@ -718,28 +862,32 @@ def run_gate(repo: str | Path, base: str, head: str = "HEAD", *, threshold: floa
              clock: Callable[[], float] = time.monotonic, workers: int | None = None) -> GateReport:
     """Gate `head` against `base` in the git repository at `repo`; see the module docstring.
 
-    `threshold`, `all_tasks` and `time_cap_s` default to the head's config (`gate:` section). `stages`
-    narrows the correctness gate (tests only; the gate's default is every stage). `workers`: tasks gated
-    at once, one per GPU (None: every visible GPU; 1 on the CPU). Raises GitError
-    for an unknown revision and ConfigError for an invalid head config; a problem with one task
-    becomes that task's verdict instead.
+    The policy (tasks, references, inputs, shapes, dtypes, tolerances, allow-lists, `gate:`) is the
+    base's config; `threshold` and `time_cap_s` may only tighten the base's, `all_tasks` only widen.
+    Which tasks changed is decided against the merge base of base and head (three dots: what the head
+    changed), timing compares base and head. `stages` narrows the correctness gate (tests only; the
+    gate's default is every stage). `workers`: tasks gated at once, one per GPU (None: every visible GPU;
+    1 on the CPU). Raises GitError for an unknown revision or unrelated histories and ConfigError for a
+    base without a config or an invalid config; a problem with one task becomes that task's verdict.
     """
     from autokernel_ci.config import find_config
 
     started = clock()
     root = repository_root(repo)
     base_sha, head_sha = resolve_revision(root, base), resolve_revision(root, head)
+    since = merge_base(root, base_sha, head_sha, base, head)
     config_rel = _config_relative(root, repo, config)
-    with worktrees(root, {"base": base_sha, "head": head_sha}, work_dir) as trees:
+    commits = {"base": base_sha, "head": head_sha, **({"since": since} if since != base_sha else {})}
+    with worktrees(root, commits, work_dir) as trees:
         if config_rel is None:
             subdir = Path(repo).resolve().relative_to(root) if Path(repo).resolve() != root else Path()
-            found = find_config(trees["head"] / subdir) or find_config(trees["head"])
-            config_rel = found.relative_to(trees["head"]) if found else Path(".autokernel.yml")
-        report = gate_trees(trees["base"], trees["head"], config_rel, changed=changed_files(root, base_sha, head_sha),
+            found = find_config(trees["base"] / subdir) or find_config(trees["base"])
+            config_rel = found.relative_to(trees["base"]) if found else subdir / ".autokernel.yml"
+        report = gate_trees(trees["base"], trees["head"], config_rel, changed=changed_files(root, since, head_sha),
                             base=base, base_sha=base_sha, head=head, head_sha=head_sha, threshold=threshold,
                             all_tasks=all_tasks, device=device, time_cap_s=time_cap_s, stages=stages,
                             settings=settings, work_dir=work_dir, on_event=on_event, clock=clock, started=started,
-                            workers=workers)
+                            workers=workers, since_root=trees.get("since"), merge_base_sha=since)
     report.duration_s = round(clock() - started, 2)
     return report
 
@@ -750,12 +898,15 @@ def gate_trees(base_root: Path, head_root: Path, config_rel: str | Path = ".auto
                device: str | None = None, time_cap_s: float | None = None, stages: tuple[str, ...] | None = None,
                settings: ABSettings | None = None, work_dir: Path | None = None,
                on_event: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
-               started: float | None = None, workers: int | None = None) -> GateReport:
+               started: float | None = None, workers: int | None = None, since_root: Path | None = None,
+               merge_base_sha: str = "") -> GateReport:
     """The gate on two checked-out trees (what `run_gate` does once its worktrees exist).
 
-    `changed` holds the repository-relative paths that differ between the trees (`git diff`); None
-    compares the files the tasks depend on byte by byte, for trees that are not git checkouts.
+    `changed` holds the repository-relative paths the head changed (`git diff` from the merge base);
+    None compares the files the tasks depend on byte by byte, for trees that are not git checkouts.
+    `since_root` is the merge base's tree when it is not the base's.
     """
+    from autokernel_ci.config import policy_changes
     from autokernel_ci.harness.sandbox import resolve_device
 
     started = clock() if started is None else started
@@ -765,45 +916,74 @@ def gate_trees(base_root: Path, head_root: Path, config_rel: str | Path = ".auto
     base_root, head_root, config_rel = Path(base_root), Path(head_root), Path(config_rel)
     device = resolve_device(device)
     measured = _timings_possible(device)
+    base_label = f"{base} = {base_sha[:12]}" if base_sha else base
     head_label = f"{head} = {head_sha[:12]}" if head_sha else head
-    head_cfg = _load_head_config(head_root, config_rel, head_label)
-    base_cfg, base_note = _load_base_config(base_root, config_rel)
-    threshold = head_cfg.gate.threshold if threshold is None else threshold
-    all_tasks = head_cfg.gate.all_tasks if all_tasks is None else all_tasks
-    time_cap_s = head_cfg.gate.max_minutes * 60.0 if time_cap_s is None else time_cap_s
-    if not 0.0 <= threshold < 1.0:
+    base_cfg = _load_config_of(base_root, config_rel, base_label, "base")
+    head_cfg = _load_config_of(head_root, config_rel, head_label, "head")
+    notes: list[str] = []
+    since_cfg = None
+    if since_root is not None:
+        try:
+            since_cfg = _load_config_of(Path(since_root), config_rel, merge_base_sha[:12], "merge base")
+        except AutokernelError:
+            notes.append(f"the merge base {merge_base_sha[:12]} has no valid {config_rel.as_posix()}: policy "
+                         "changes are those of the head against the base")
+    if threshold is not None and not 0.0 <= threshold < 1.0:
         raise AutokernelError(f"the threshold must be a fraction between 0 and 1 (0.03 is 3 %), got {threshold}")
+    policy_threshold = base_cfg.gate.threshold
+    if threshold is not None and threshold > policy_threshold:
+        notes.append(f"a threshold of {threshold:g} was asked for, looser than the base's gate.threshold "
+                     f"{policy_threshold:g}: the base's was used (a threshold may only be tightened)")
+    threshold = policy_threshold if threshold is None else min(threshold, policy_threshold)
+    all_tasks = bool(all_tasks) or base_cfg.gate.all_tasks
+    policy_cap = base_cfg.gate.max_minutes * 60.0
+    time_cap_s = policy_cap if time_cap_s is None else min(time_cap_s, policy_cap)
+    config_dir = config_rel.parent
     if changed is None:
         changed = _changed_by_content(base_root, head_root, config_rel, head_cfg, base_cfg)
-    plans = plan_tasks(head_cfg, base_cfg, head_root, base_root, config_rel, changed)
-    report = GateReport(base=base, base_sha=base_sha, head=head, head_sha=head_sha, device=_device_label(device),
-                        timings_measured=measured, threshold=threshold, time_cap_s=time_cap_s,
-                        config=config_rel.as_posix(), started_at=started_at, environment=_environment())
-    if base_note:
-        report.notes.append(base_note)
-    if not measured:
-        report.notes.append("timings not measured: no GPU on this machine. Kernels ran under the Triton "
-                            "interpreter for correctness only; no performance verdict was given.")
-    slots = gate_slots(device, workers)
-    gate = _TaskGate(head_cfg, device, measured, threshold, settings, stages, work_dir, started + time_cap_s,
-                     clock, say)
-    todo = []
-    for plan in plans:
-        if plan.changed or all_tasks:
-            todo.append(plan)
-        else:
-            report.unchanged.append(plan.name)
-    report.workers = min(len(slots), max(len(todo), 1))
+    changes = policy_changes(base_cfg, head_cfg, since_cfg)
+    scratch = Path(tempfile.mkdtemp(prefix="autokernel-judged-", dir=work_dir))
+    try:
+        plans = plan_tasks(head_cfg, base_cfg, head_root, base_root, config_rel, changed, since_cfg,
+                           judged_root=scratch / "judged")
+        todo = [p for p in plans if p.changed or all_tasks]
+        protected: set[str] = set()
+        for entry in base_cfg.kernels:
+            protected |= policy_closure(entry, base_root, config_dir)
+        overlay: set[str] = set()
+        for plan in todo:
+            if plan.status == "gate" and plan.head_entry is not None:
+                overlay |= kernel_closure(plan.head_entry, head_root, config_dir) & changed
+        judged_tree(base_root, head_root, scratch / "judged", overlay - protected)
+        changes += _policy_file_changes(base_cfg, base_root, head_root, scratch / "judged", config_dir, changed)
+        report = GateReport(base=base, base_sha=base_sha, head=head, head_sha=head_sha,
+                            device=_device_label(device), timings_measured=measured, threshold=threshold,
+                            time_cap_s=time_cap_s, config=config_rel.as_posix(), started_at=started_at,
+                            environment=_environment(), merge_base=merge_base_sha,
+                            policy_changes=[asdict(c) for c in changes])
+        report.notes += notes
+        if not measured:
+            report.notes.append("timings not measured: no GPU on this machine. Kernels ran under the Triton "
+                                "interpreter for correctness only; no performance verdict was given.")
+        slots = gate_slots(device, workers)
+        gate = _TaskGate(base_cfg, device, measured, threshold, settings, stages, work_dir, started + time_cap_s,
+                         clock, say)
+        report.unchanged = [p.name for p in plans if p not in todo]
+        report.workers = min(len(slots), max(len(todo), 1))
 
-    def gate_one(plan: TaskPlan, slot: dict[str, str]) -> TaskVerdict:
-        where = f" on GPU {slot['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in slot else ""
-        say(f"{plan.name}: " + {"new": "new in head", "removed": "removed in head"}.get(plan.status, "gating")
-            + where)
-        verdict = replace(gate.verdict(plan, slot), gpu=slot.get("CUDA_VISIBLE_DEVICES"))
-        say(f"{plan.name}: {verdict.verdict}: {verdict.reason}")
-        return verdict
+        def gate_one(plan: TaskPlan, slot: dict[str, str]) -> TaskVerdict:
+            where = f" on GPU {slot['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in slot else ""
+            say(f"{plan.name}: " + {"new": "new in head", "removed": "removed in head"}.get(plan.status, "gating")
+                + where)
+            verdict = replace(gate.verdict(plan, slot), gpu=slot.get("CUDA_VISIBLE_DEVICES"))
+            say(f"{plan.name}: {verdict.verdict}: {verdict.reason}")
+            return verdict
 
-    report.verdicts = run_on_slots(todo, slots[:report.workers], gate_one)
+        report.verdicts = run_on_slots(todo, slots[:report.workers], gate_one)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if changes:
+        report.verdicts.insert(0, policy_verdict(changes, config_rel, head_sha))
     report.exit_code = exit_code_for(report.verdicts)
     report.duration_s = round(clock() - started, 2)
     return report
@@ -850,11 +1030,15 @@ def run_on_slots(items: Sequence[Any], slots: Sequence[dict[str, str]],
 
 def _changed_by_content(base_root: Path, head_root: Path, config_rel: Path, head_cfg: Config,
                         base_cfg: Config | None) -> set[str]:
-    """The task files (repository-relative) whose bytes differ between two trees, or exist in one only."""
-    files = set()
-    for cfg in (head_cfg, base_cfg):
+    """The tasks' files (their kernels' and policies' import closures, repository-relative) whose bytes
+    differ between two trees, or that exist in one only."""
+    config_dir = config_rel.parent
+    files = {config_rel.as_posix()}
+    for tree, cfg in ((head_root, head_cfg), (base_root, base_cfg)):
         for entry in cfg.kernels if cfg is not None else []:
-            files.update(_entry_files(entry, config_rel.parent))
+            if (tree / config_dir / entry.path).is_file():
+                files |= kernel_closure(entry, tree, config_dir)
+            files |= policy_closure(entry, tree, config_dir)
     changed = set()
     for rel in files:
         a, b = base_root / rel, head_root / rel
@@ -884,7 +1068,7 @@ def _config_relative(root: Path, repo: str | Path, config: str | Path | None) ->
 class _TaskGate:
     """The per-task steps of one gate run, with what they share."""
 
-    head_cfg: Config
+    policy_cfg: Config  # the base's config: the policy every task is judged by
     device: str
     measured: bool
     threshold: float
@@ -901,7 +1085,9 @@ class _TaskGate:
                             threshold=self.threshold)
         if plan.status == "removed":
             return replace(blank, verdict="removed",
-                           reason=f"removed from the config in head; {plan.note}: no longer gated")
+                           reason=f"removed from the config in head; {plan.note}. The base gates it, so this "
+                                  "blocks until someone with write access, other than the author, approves the "
+                                  "head commit (a task renamed is this one removed and a new one added)")
         try:
             return self._gate(plan, blank, dict(env or {}))
         except AutokernelError as exc:
@@ -913,7 +1099,10 @@ class _TaskGate:
         from autokernel_ci.harness.sandbox import evaluate
         from autokernel_ci.tasks import config_task
 
-        task = config_task(plan.head_entry, self.head_cfg)
+        # The base's policy (reference, inputs, KernelBench file, shapes, tolerances, allow-list) from the
+        # judged tree, where those files are the base's; the head's kernel at its head path.
+        assert plan.policy_entry is not None and plan.policy_cfg is not None
+        task = config_task(plan.policy_entry, plan.policy_cfg)
         self.say(f"{plan.name}: correctness of head ({plan.path})")
         result = evaluate(task, plan.head_path, device=self.device, stages=self.stages, work_dir=self.work_dir,
                           env_overrides=env or None)

@@ -676,39 +676,124 @@ class GitHubClient:
             self.repo.get_commit(sha).create_status(**kwargs)
 
     def evaluate_human_review(self, pr_number: int, *, risk_config: RiskConfig | None = None,
-                              head_sha: str | None = None) -> str:
+                              head_sha: str | None = None, pusher: str | None = None,
+                              high_risk_paths: Iterable[str] = ()) -> str:
         """Set `autokernel/human-review` on the PR's head and return its state.
 
-        Pending for a high-risk PR until someone other than the bot and the author, with write,
-        maintain or admin permission, approves the current head commit (an approval of an older
-        commit does not count, so a push resets it) and no such person requests changes. Success for
-        a PR that is not high risk. Run it on `pull_request_review` and `pull_request` events.
+        Recomputed from GitHub's data on every call, never from the pull request's checkout: the risk is
+        classified again from the diff fetched through the API (and the marker or label the bot set), and
+        a head pushed by anyone but the bot needs review whatever its risk, since the bot's checks did not
+        produce it. `pusher` is who pushed the head (the `sender` of a `synchronize` event); without it,
+        the pusher recorded in this status on the head is used. Pending until a writer (write, maintain or
+        admin) who is neither the author, nor the last pusher, nor a bot approves that very head commit (an
+        approval of an older commit does not count, so a push resets it) and no such writer requests
+        changes. `high_risk_paths`: files that always need review (kernels of a high-risk family).
         """
         config = risk_config or RiskConfig()
         pr = self.repo.get_pull(pr_number)
         with self._calling(f"read pull request #{pr_number}", "pull-requests: read"):
-            high = HIGH_RISK_MARKER in (pr.body or "") or config.high_label in {lbl.name for lbl in pr.labels}
+            marked = HIGH_RISK_MARKER in (pr.body or "") or config.high_label in {lbl.name for lbl in pr.labels}
             head = head_sha or pr.head.sha
-        return self._set_review_status(pr, head, high=high)
+        pusher = pusher or self._recorded_pusher(head)
+        reasons = ["marked high risk"] if marked else []
+        risk = self.classify_pull_request(pr_number, config, high_risk_paths=high_risk_paths)
+        if risk.is_high:
+            reasons.append(f"{len(risk.triggers)} risk trigger(s) in the diff")
+        if pusher and pusher.lower() != self.bot_login.lower() and not pusher.lower().endswith("[bot]"):
+            reasons.append(f"pushed by @{pusher}")
+        return self._set_review_status(pr, head, high=bool(reasons), pusher=pusher)
 
-    def _set_review_status(self, pr: PullRequest, head: str, *, high: bool) -> str:
+    def head_approval(self, pr_number: int, head_sha: str) -> tuple[bool, str]:
+        """(approved, why): whether `head_sha` is the PR's current head and someone with write access, other
+        than the author and the bot, approved that very commit, with no such person requesting changes:
+        the rule of `autokernel/human-review`. What lifts the gate's policy-changed and removed verdicts."""
+        pr = self.repo.get_pull(pr_number)
+        with self._calling(f"read pull request #{pr_number}", "pull-requests: read"):
+            current = pr.head.sha
+        if current != head_sha:
+            return False, f"the pull request's head is now {current[:7]}, not the gated {head_sha[:7]}"
+        state, description = self._review_verdict(pr, head_sha, self._recorded_pusher(head_sha))
+        return state == "success", description
+
+    def classify_pull_request(self, pr_number: int, config: RiskConfig | None = None, *,
+                              high_risk_paths: Iterable[str] = ()) -> RiskReport:
+        """The risk of the pull request's whole diff as GitHub has it (the files API), not as a checkout says."""
+        from autokernel_ci.risk import classify
+
+        always = set(high_risk_paths)
+        diff, forced = [], False
+        for name, patch in self.pull_request_patches(pr_number):
+            diff.append(f"diff --git a/{name} b/{name}\n--- a/{name}\n+++ b/{name}\n{patch}\n")
+            forced = forced or name in always  # a kernel of a high-risk family: reviewed whatever its lines say
+        return classify("", "".join(diff), config, declared="high" if forced else None)
+
+    def pull_request_summary(self, pr_number: int) -> dict[str, str]:
+        """The head commit, head repository, author and state of a pull request, as GitHub has them now."""
+        with self._calling(f"read pull request #{pr_number}", "pull-requests: read",
+                           not_found=f"there is no pull request #{pr_number} in {self.repository}"):
+            pr = self.repo.get_pull(pr_number)
+            head_repo = pr.head.repo.full_name if pr.head.repo is not None else ""
+            return {"head_sha": pr.head.sha, "head_repo": head_repo, "author": pr.user.login, "state": pr.state,
+                    "url": pr.html_url}
+
+    def pull_request_patches(self, pr_number: int) -> list[tuple[str, str]]:
+        """(path, unified-diff hunks) of every file the pull request changes; a binary file has no hunks."""
+        with self._calling(f"list the files of pull request #{pr_number}", "pull-requests: read"):
+            out = []
+            for f in self.repo.get_pull(pr_number).get_files():
+                out.append((f.filename, f.patch or ""))
+                if f.previous_filename:
+                    out.append((f.previous_filename, ""))
+            return out
+
+    def pull_request_files(self, pr_number: int) -> list[str]:
+        return list(dict.fromkeys(name for name, _ in self.pull_request_patches(pr_number)))
+
+    def read_settings(self, path: str, action: str, permission: str = "") -> Any:
+        """GET an API path under the repository (`/branches/main/protection`), its first page; None when GitHub
+        answers 404."""
+        url = f"{self.api_url}/repos/{self.repository}{path}"
+        try:
+            with self._calling(action, permission):
+                _, data = self.gh.requester.requestJsonAndCheck("GET", url)
+                return data
+        except GitHubError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _recorded_pusher(self, head: str) -> str | None:
+        """Who pushed `head`, as this client recorded it in the human-review status on that commit."""
+        statuses = self.read_settings(f"/commits/{head}/statuses", f"read the statuses of {head[:7]}",
+                                      "statuses: read") or []
+        for status in statuses:  # newest first
+            creator = str((status.get("creator") or {}).get("login") or "")
+            if status.get("context") != HUMAN_REVIEW_CONTEXT or creator.lower() != self.bot_login.lower():
+                continue
+            match = re.search(r"pushed by @([A-Za-z0-9-]+(?:\[bot\])?)", str(status.get("description") or ""))
+            return match.group(1) if match else None
+        return None
+
+    def _set_review_status(self, pr: PullRequest, head: str, *, high: bool, pusher: str | None = None) -> str:
         if not high:
             state, description = "success", "not high risk: no human review required"
         else:
-            state, description = self._review_verdict(pr, head)
+            state, description = self._review_verdict(pr, head, pusher)
+            if pusher:
+                description = f"pushed by @{pusher}; {description}"
         with self._calling(f"read pull request #{pr.number}"):
             url = pr.html_url
         self.set_status(head, HUMAN_REVIEW_CONTEXT, state, description, target_url=url)
         return state
 
-    def _review_verdict(self, pr: PullRequest, head: str) -> tuple[str, str]:
+    def _review_verdict(self, pr: PullRequest, head: str, pusher: str | None = None) -> tuple[str, str]:
         with self._calling(f"read the reviews of pull request #{pr.number}", "pull-requests: read"):
             author = pr.user.login
             latest: dict[str, Any] = {}
             for review in pr.get_reviews():  # oldest first; a reviewer's latest decision counts
                 if review.state in ("APPROVED", "CHANGES_REQUESTED", "DISMISSED") and review.user is not None:
                     latest[review.user.login.lower()] = review
-        excluded = {author.lower(), self.bot_login.lower()}
+        excluded = {author.lower(), self.bot_login.lower()} | ({pusher.lower()} if pusher else set())
         approvers, blockers = [], []
         for login, review in latest.items():
             if login in excluded or review.user.type == "Bot" or review.state == "DISMISSED":
@@ -722,7 +807,7 @@ class GitHubClient:
             return "pending", f"changes requested by @{blockers[0]}"
         if approvers:
             return "success", f"approved by @{approvers[0]} at {head[:7]}"
-        return "pending", f"needs approval of {head[:7]} by a maintainer (high-risk kernel change)"
+        return "pending", f"needs approval of {head[:7]} by a writer other than its author and last pusher"
 
     def _can_write(self, login: str) -> bool:
         try:

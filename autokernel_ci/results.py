@@ -109,6 +109,9 @@ class EvalResult:
     worker_log: str = ""
     plan_seed: int | None = None  # the seed `plan_cases` drew every case's seed from
     reproduce: str = ""  # on FAIL: the `autokernel-ci eval` command that runs the same cases again
+    # How the candidate ran: "bubblewrap" (the OS sandbox) or "process (unsandboxed)" (`--sandbox=process`,
+    # or a developer's machine without bubblewrap). Every report that shows a result says which.
+    sandbox: str = ""
 
     @property
     def passed(self) -> bool:

@@ -33,13 +33,15 @@ class KernelTask:
     root: Path | None = None  # put on sys.path so the user's modules import
     op: str | None = None
     inputs: str | None = None  # module:callable for config tasks
+    reference: str | None = None  # module:callable for config tasks (run only inside a sandboxed worker)
     kernelbench: Path | None = None
     risk: str = "low"
     allow: tuple[str, ...] = ()
     baselines: tuple[str, ...] = ("eager", "vendor", "compile")
 
     def to_wire(self) -> dict[str, Any]:
-        """What the worker process needs to rebuild the inputs side of this task (never the reference)."""
+        """What a worker process needs to rebuild this task: the candidate's worker uses the inputs side;
+        the reference worker (`mode: reference`) also the reference."""
         return {
             "name": self.name,
             "kind": self.kind,
@@ -47,6 +49,7 @@ class KernelTask:
             "entry": self.entry,
             "root": str(self.root) if self.root else None,
             "inputs": self.inputs,
+            "reference": self.reference,
             "kernelbench": str(self.kernelbench) if self.kernelbench else None,
             "dims": list(self.spec.dims),
         }
@@ -96,11 +99,12 @@ def config_task(entry: KernelEntry, cfg: Config) -> KernelTask:
 
 
 def custom_task(entry: KernelEntry, root: Path) -> KernelTask:
-    """A task whose reference and input factory are the user's own `module:callable`s."""
+    """A task whose reference and input factory are the user's own `module:callable`s. They are
+    repository code: this process never imports them; the sandboxed reference worker runs them."""
     from autokernel_ci.ops.base import DEFAULT_TOLERANCES, OpSpec
 
-    reference = load_callable(entry.reference or "", root)
-    make_inputs = load_callable(entry.inputs or "", root)
+    reference = InSandbox(entry.reference or "", root)
+    make_inputs = InSandbox(entry.inputs or "", root)
     dims = tuple(entry.shapes[0].keys())
     spec = OpSpec(
         name=entry.name,
@@ -118,26 +122,30 @@ def custom_task(entry: KernelEntry, root: Path) -> KernelTask:
         risk=entry.risk or "low",
     )
     return KernelTask(name=entry.name, kind="config", spec=spec, path=root / entry.path, root=root,
-                      entry=entry.entry or "kernel_fn", inputs=entry.inputs, risk=spec.risk, allow=tuple(entry.allow))
+                      entry=entry.entry or "kernel_fn", inputs=entry.inputs, reference=entry.reference, risk=spec.risk,
+                      allow=tuple(entry.allow))
 
 
 def kernelbench_task(path: Path) -> KernelTask:
     """A KernelBench-style file: `Model`, `get_inputs()`, `get_init_inputs()`; candidates define `ModelNew`."""
     from autokernel_ci.ops.base import OpSpec
 
-    module = load_module_from_path(path)
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"file not found: {path}")
+    defined = top_level_names(path)
     for required in ("Model", "get_inputs", "get_init_inputs"):
-        if not hasattr(module, required):
+        if required not in defined:
             raise TaskError(f"{path}: a KernelBench-style task defines Model, get_inputs and get_init_inputs; "
                             f"{required} is missing")
-    make_inputs = kernelbench_inputs(module)
+    target = f"{path.resolve()}:Model"
     spec = OpSpec(
         name=path.stem,
         signature="class ModelNew(nn.Module) with the same __init__ and forward as Model",
         family="kernelbench",
         dims=(),
-        reference=kernelbench_reference(module),
-        make_inputs=make_inputs,
+        reference=InSandbox(target, path.parent),
+        make_inputs=InSandbox(f"{path.resolve()}:get_inputs", path.parent),
         bytes_moved=lambda shape, dtype: None,  # type: ignore[arg-type,return-value]
         flops=lambda shape, dtype: None,  # type: ignore[arg-type,return-value]
         test_shapes=({},),
@@ -211,8 +219,9 @@ def resolve_task(task: str, config_path: Path | None = None) -> KernelTask:
                     "or a KernelBench-style .py file")
 
 
-def task_inputs_from_wire(wire: dict[str, Any]):
-    """In the worker: rebuild the input factory (and, for KernelBench, the module) from `to_wire()`."""
+def task_inputs_from_wire(wire: dict[str, Any], reference: bool = False):
+    """In a worker: rebuild the input factory and, for KernelBench, the module (for a config task's
+    reference worker, `reference`: the reference callable) from `to_wire()`."""
     root = wire.get("root")
     if root and root not in sys.path:
         sys.path.insert(0, root)
@@ -223,7 +232,72 @@ def task_inputs_from_wire(wire: dict[str, Any]):
         from autokernel_ci.ops import get_op
 
         return get_op(wire["op"]).make_inputs, None
-    return load_callable(wire["inputs"], Path(root) if root else None), None
+    make_inputs = load_callable(wire["inputs"], Path(root) if root else None)
+    return make_inputs, (load_callable(wire["reference"], Path(root) if root else None) if reference else None)
+
+
+class InSandbox:
+    """A `module:callable` of the user's repository, named but never imported in this process: only a
+    sandboxed worker calls it (`harness.sandbox`). Calling it here is a harness bug, said as such."""
+
+    def __init__(self, target: str, root: Path | None) -> None:
+        self.target, self.root = target, root
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from autokernel_ci.errors import HarnessError
+
+        raise HarnessError(f"{self.target} is repository code: it runs only inside the sandboxed worker")
+
+    def __repr__(self) -> str:
+        return f"InSandbox({self.target!r})"
+
+    def source_text(self) -> str:
+        """The callable's source, read from its file without importing it ('' when not found)."""
+        import ast
+
+        module, _, attr = self.target.rpartition(":")[0], None, self.target.rpartition(":")[2]
+        path = Path(module) if module.endswith(".py") else _module_file(module, self.root)
+        if path is None or not path.is_file():
+            return ""
+        text = path.read_text(errors="replace")
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            return ""
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == attr:
+                return ast.get_source_segment(text, node) or ""
+        return ""
+
+
+def _module_file(module: str, root: Path | None) -> Path | None:
+    if root is None:
+        return None
+    base = Path(root, *module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def top_level_names(path: Path) -> set[str]:
+    """The names a Python file defines or assigns at its top level, read from its source."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text(errors="replace"), filename=str(path))
+    except SyntaxError as exc:
+        raise TaskError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
 
 
 def load_callable(target: str, root: Path | None):

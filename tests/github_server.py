@@ -57,6 +57,11 @@ ROUTES: list[tuple[str, re.Pattern[str], str, set[str]]] = [
         ("GET", _REPO + r"/commits/(?P<ref>[^/]+)/statuses", "list_statuses", _PAGED),
         ("POST", _REPO + r"/statuses/(?P<sha>[^/]+)", "create_status", set()),
         ("GET", _REPO + r"/collaborators/(?P<user>[^/]+)/permission", "get_permission", set()),
+        # Repository settings, for `autokernel-ci doctor` and the review status
+        ("GET", _REPO + rf"/pulls/{_N}/files", "list_pull_files", _PAGED),
+        ("GET", _REPO + r"/actions/permissions/fork-pr-contributor-approval", "get_fork_approval", set()),
+        ("GET", _REPO + r"/branches/(?P<branch>[^/]+)/protection", "get_protection", set()),
+        ("GET", _REPO + r"/rules/branches/(?P<branch>[^/]+)", "get_branch_rules", _PAGED),
     ]
 ]
 
@@ -130,6 +135,11 @@ class Repo:
     reviews: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     extra_shas: set[str] = field(default_factory=set)  # commits of fork PRs, reachable as refs/pull/N/head
     next_number: int = 1
+    # Settings (None: GitHub answers 404, as for a branch without protection)
+    fork_pr_approval: str | None = "first_time_contributors"  # GitHub's default
+    protection: dict[str, Any] | None = None  # GET /branches/{branch}/protection, as GitHub returns it
+    rules: list[dict[str, Any]] = field(default_factory=list)  # GET /rules/branches/{branch}
+    settings_readable: bool = True  # False: the token lacks administration: read (403)
 
     @property
     def full_name(self) -> str:
@@ -736,6 +746,55 @@ class FakeGitHub:
         role = self.collaborators.get(user, "read")  # a public repository: everyone can read
         legacy = {"maintain": "write", "triage": "read"}.get(role, role)
         return {"permission": legacy, "role_name": role, "user": self._user(user)}
+
+
+    # -- settings and pull-request files --------------------------------------------------------
+
+    def _h_list_pull_files(self, number: str, query: dict[str, list[str]], **_: Any) -> Any:
+        """The files of the pull request's diff (base...head) from the origin repository, as GitHub lists them."""
+        pr = self._get_pr(number)
+        head = self._head_sha(pr)
+        base = self._rev_parse(f"refs/heads/{pr['base_ref']}") or ""
+        git = ["git", "--git-dir", str(self.repo.origin)]
+        start = subprocess.run([*git, "merge-base", base, head], capture_output=True, text=True).stdout.strip()
+        names = subprocess.run([*git, "diff", "--name-status", "--no-renames", start, head], capture_output=True,
+                               text=True).stdout.splitlines()
+        files = []
+        for line in names:
+            status, name = line.split("\t", 1)
+            patch = subprocess.run([*git, "diff", "--no-color", start, head, "--", name], capture_output=True,
+                                   text=True).stdout
+            hunks = patch[patch.index("@@"):] if "@@" in patch else ""
+            full = self.repo.full_name
+            files.append({"sha": "0" * 40, "filename": name,
+                          "status": {"A": "added", "D": "removed"}.get(status[0], "modified"),
+                          "additions": hunks.count("\n+"), "deletions": hunks.count("\n-"),
+                          "changes": hunks.count("\n+") + hunks.count("\n-"),
+                          "blob_url": self._web(f"{full}/blob/{head}/{name}"),
+                          "raw_url": self._web(f"{full}/raw/{head}/{name}"),
+                          "contents_url": self._api(f"/repos/{full}/contents/{name}?ref={head}"),
+                          "patch": hunks.rstrip("\n")})
+        return self._page(files, query, f"/repos/{self.repo.full_name}/pulls/{number}/files")
+
+    def _settings(self) -> None:
+        if not self.repo.settings_readable:
+            raise HttpError(403, "Resource not accessible by integration")
+
+    def _h_get_fork_approval(self, **_: Any) -> Any:
+        self._settings()
+        if self.repo.fork_pr_approval is None:
+            raise HttpError(404, "Not Found")
+        return {"approval_policy": self.repo.fork_pr_approval}
+
+    def _h_get_protection(self, branch: str, **_: Any) -> Any:
+        self._settings()
+        if self.repo.protection is None or unquote(branch) != self.repo.default_branch:
+            raise HttpError(404, "Branch not protected")
+        return self.repo.protection
+
+    def _h_get_branch_rules(self, branch: str, query: dict[str, list[str]], **_: Any) -> Any:
+        rules = self.repo.rules if unquote(branch) == self.repo.default_branch else []
+        return self._page(rules, query, f"/repos/{self.repo.full_name}/rules/branches/{branch}")
 
 
 def _check_comment_body(body: str) -> None:

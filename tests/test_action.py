@@ -34,8 +34,6 @@ import yaml
 from test_github import NORM_KERNEL, TOKEN, actions_env, checkout, git, server, token_never_leaks  # noqa: F401
 from test_publish import fast_client, project  # noqa: F401 - fixtures, used by name
 
-from autokernel_ci.github import GATE_COMMENT_MARKER, PERF_CONTEXT
-
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 ACTION = yaml.safe_load((ROOT / "action.yml").read_text())
@@ -83,8 +81,9 @@ def action_as_workflow(action: dict[str, Any], path: Path) -> Path:
 
 def test_every_workflow_passes_actionlint():
     workflows = sorted((ROOT / "workflows").glob("*.yml"))
-    assert [p.name for p in workflows] == ["autokernel-gate.yml", "autokernel-optimize-matrix.yml",
-                                           "autokernel-optimize.yml", "autokernel-review.yml"]
+    assert [p.name for p in workflows] == ["autokernel-gate-report.yml", "autokernel-gate.yml",
+                                           "autokernel-optimize-matrix.yml", "autokernel-optimize.yml",
+                                           "autokernel-review.yml"]
     actionlint(*workflows)
 
 
@@ -104,8 +103,8 @@ def test_the_linting_would_catch_an_unquoted_variable_and_a_script_injection(tmp
 
 
 def test_action_inputs_are_kebab_case_with_descriptions_and_the_outputs_are_declared():
-    assert list(ACTION["inputs"])[:8] == ["mode", "config", "github-token", "threshold", "budget-minutes",
-                                          "llm-model", "proposer", "shard"]
+    assert list(ACTION["inputs"])[:10] == ["mode", "config", "github-token", "threshold", "budget-minutes",
+                                           "llm-model", "llm-api-key", "llm-api-key-env", "proposer", "shard"]
     for name, spec in ACTION["inputs"].items():
         assert re.fullmatch(r"[a-z]+(-[a-z]+)*", name) and spec["description"].strip()
         assert name == "mode" or "default" in spec
@@ -113,7 +112,7 @@ def test_action_inputs_are_kebab_case_with_descriptions_and_the_outputs_are_decl
     assert ACTION["runs"]["using"] == "composite"
     for step in ACTION["runs"]["steps"]:
         assert "${{" not in step["run"], f"step {step['id']}: an expression inside a script is an injection risk"
-        token_steps = {"gate", "publish", "review"}
+        token_steps = {"report", "publish", "review"}  # none of them runs repository code
         assert ("GITHUB_TOKEN" in step.get("env", {})) == (step["id"] in token_steps), step["id"]
 
 
@@ -252,16 +251,17 @@ class ActionRun:
     summary: str
     log: str
     ran: list[str] = field(default_factory=list)
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)  # each step's environment, as it ran
 
 
 class ActionRunner:
     """Runs action.yml's steps like a runner; see the module docstring."""
 
     def __init__(self, action_dir: Path, workspace: Path, temp: Path, event: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None, token: str = TOKEN) -> None:
+                 env: dict[str, str] | None = None, token: str = TOKEN, event_name: str = "pull_request") -> None:
         self.action_dir, self.workspace, self.temp = action_dir, workspace, temp
         self.action = yaml.safe_load((action_dir / "action.yml").read_text())
-        self.event, self.env, self.token = event or {}, env or {}, token
+        self.event, self.env, self.token, self.event_name = event or {}, env or {}, token, event_name
         temp.mkdir(parents=True, exist_ok=True)
 
     def run(self, inputs: dict[str, str], installed: dict[str, str] | None = None) -> ActionRun:
@@ -276,10 +276,10 @@ class ActionRunner:
         base = {k: v for k, v in os.environ.items()
                 if not k.startswith(("GITHUB_", "INPUT_", "RUNNER_", "PYTEST_"))}
         base.update({"CI": "true", "GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": "acme/models",
-                     "GITHUB_SERVER_URL": "https://github.com", "GITHUB_EVENT_NAME": "pull_request",
+                     "GITHUB_SERVER_URL": "https://github.com", "GITHUB_EVENT_NAME": self.event_name,
                      "GITHUB_EVENT_PATH": str(event_path), "GITHUB_WORKSPACE": str(self.workspace),
                      "GITHUB_ACTION_PATH": str(self.action_dir), "RUNNER_TEMP": str(self.temp), **self.env})
-        failed, summary, log, ran, returncode = False, [], [], [], 0
+        failed, summary, log, ran, returncode, envs = False, [], [], [], 0, {}
         for n, step in enumerate(self.action["runs"]["steps"]):
             sid = step.get("id", f"step{n}")
             condition = step.get("if", "success()")
@@ -297,6 +297,7 @@ class ActionRunner:
             env = {**base, "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(step_summary),
                    **{k: interpolate(v, contexts) for k, v in (step.get("env") or {}).items()}}
             assert step["shell"] == "bash"
+            envs[sid] = env
             done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
                                   cwd=self.workspace, env=env, capture_output=True, text=True, timeout=600)
             ran.append(sid)
@@ -308,7 +309,7 @@ class ActionRunner:
                 failed, returncode = True, done.returncode
                 break
         outputs = {name: interpolate(spec["value"], contexts, failed) for name, spec in self.action["outputs"].items()}
-        return ActionRun(returncode, outputs, contexts["steps"], "".join(summary), "\n".join(log), ran)
+        return ActionRun(returncode, outputs, contexts["steps"], "".join(summary), "\n".join(log), ran, envs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -355,8 +356,9 @@ def test_the_install_step_keeps_the_runners_torch_and_installs_the_action_beside
     probe = ("import autokernel_ci, torch, triton, pathlib; "
              "print(autokernel_ci.__file__); print(torch.__file__); "
              "print((pathlib.Path(autokernel_ci.__file__).parent / 'workflows' / 'autokernel-gate.yml').is_file())")
+    runner_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a runner has none
     package, torch_file, workflows = subprocess.run([str(python), "-c", probe], capture_output=True, text=True,
-                                                    check=True, cwd=venv).stdout.split()
+                                                    check=True, cwd=venv, env=runner_env).stdout.split()
     assert Path(package).is_relative_to(venv), "the action's own copy of the package is the one imported"
     assert not Path(torch_file).is_relative_to(venv), "torch is the runner's, never reinstalled"
     assert workflows == "True", "the workflows ship inside the package (for `autokernel-ci init`)"
@@ -375,8 +377,7 @@ def test_bad_inputs_are_all_explained_in_the_job_summary_and_nothing_runs(tmp_pa
     summary = done.summary
     assert "## autokernel-ci could not start: the action's inputs are not valid" in summary
     for expected in ("`threshold` must be a fraction below 1", "`budget-minutes` must be a positive number",
-                     "`proposer` must be tuner or llm", "`shard` must be I/N", "there is no `.autokernel.yml`",
-                     "`github-token` is empty"):
+                     "`proposer` must be tuner or llm", "`shard` must be I/N", "there is no `.autokernel.yml`"):
         assert expected in summary, expected
     assert "::error title=autokernel-ci inputs::" in done.log
     assert done.outputs == {"verdict": "", "pr-url": "", "speedup": "", "matrix": ""}
@@ -384,7 +385,7 @@ def test_bad_inputs_are_all_explained_in_the_job_summary_and_nothing_runs(tmp_pa
 
 def test_an_unknown_mode_is_refused(tmp_path: Path, action_dir: Path):
     done = ActionRunner(action_dir, tmp_path, tmp_path / "temp").run({"mode": "deploy", "python": sys.executable})
-    assert done.returncode == 1 and "`mode` must be one of gate, optimize" in done.summary
+    assert done.returncode == 1 and "`mode` must be one of gate, report, optimize" in done.summary
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -411,14 +412,39 @@ def pull_request_event(number: int, base: str, head: str, branch: str) -> dict[s
     return event
 
 
+def test_a_token_given_to_a_mode_that_runs_repository_code_is_refused(tmp_path: Path, action_dir: Path):
+    (tmp_path / ".autokernel.yml").write_text(GATE_CONFIG)
+    for mode, publisher in (("gate", "report"), ("optimize", "merge")):
+        done = ActionRunner(action_dir, tmp_path, tmp_path / "temp").run(
+            {"mode": mode, "github-token": TOKEN, "python": sys.executable})
+        assert done.returncode == 1 and done.ran == ["inputs"], mode
+        assert f"mode `{mode}` runs repository code: remove it" in done.summary
+        assert f"(mode `{publisher}`)" in done.summary
+        assert TOKEN not in done.log + done.summary
+
+
+def test_report_and_merge_need_a_token(tmp_path: Path, action_dir: Path):
+    (tmp_path / "autokernel-shards").mkdir()
+    for mode in ("report", "merge", "review"):
+        done = ActionRunner(action_dir, tmp_path, tmp_path / "temp").run({"mode": mode, "python": sys.executable})
+        assert done.returncode == 1 and "`github-token` is empty" in done.summary, mode
+
+
+def test_an_llm_key_variable_name_that_would_replace_the_environment_is_refused(tmp_path: Path, action_dir: Path):
+    (tmp_path / ".autokernel.yml").write_text(GATE_CONFIG)
+    for name in ("PATH", "LD_PRELOAD", "GITHUB_TOKEN", "lower_case"):
+        done = ActionRunner(action_dir, tmp_path, tmp_path / "temp").run(
+            {"mode": "optimize", "llm-api-key-env": name, "python": sys.executable})
+        assert done.returncode == 1 and "`llm-api-key-env` must be" in done.summary, name
+
+
 @pytest.mark.parametrize("change, verdict", [("BLOCK_SIZE = 256", "pass"), ("acc += x * x * 1.01", "fail")])
-def test_gate_mode_gates_the_events_pull_request_and_publishes_status_and_comment(
-        change, verdict, checkout, server, actions_env, installed, action_dir, tmp_path):
+def test_gate_mode_measures_without_a_token_and_leaves_the_verdict_for_the_reporting_job(
+        change, verdict, checkout, installed, action_dir, tmp_path):
     (checkout / "kernels" / "norm.py").write_text(EXAMPLE)
     (checkout / ".autokernel.yml").write_text(GATE_CONFIG)
     git(checkout, "add", "-A")
     git(checkout, "commit", "-q", "-m", "an RMSNorm kernel to guard")
-    git(checkout, "push", "-q", "origin", "main")
     base = git(checkout, "rev-parse", "HEAD")
     git(checkout, "checkout", "-q", "-b", "feature")
     edited = EXAMPLE.replace("BLOCK_SIZE = 1024", change) if "BLOCK" in change \
@@ -426,26 +452,55 @@ def test_gate_mode_gates_the_events_pull_request_and_publishes_status_and_commen
     assert edited != EXAMPLE
     (checkout / "kernels" / "norm.py").write_text(edited)
     git(checkout, "commit", "-q", "-am", "rmsnorm: change the kernel")
-    git(checkout, "push", "-q", "origin", "feature")
     head = git(checkout, "rev-parse", "HEAD")
-    number = open_pull_request(server.api_url, "feature", "rmsnorm: change the kernel")
 
-    runner = ActionRunner(action_dir, checkout, tmp_path / "temp", pull_request_event(number, base, head, "feature"),
-                          env={"GITHUB_API_URL": server.api_url})
-    done = runner.run({"mode": "gate", "python": sys.executable}, installed=installed)
+    runner = ActionRunner(action_dir, checkout, tmp_path / "temp", pull_request_event(7, base, head, "feature"))
+    done = runner.run({"mode": "gate", "out": str(tmp_path / "out"), "python": sys.executable}, installed=installed)
 
     assert done.ran == ["inputs", "install", "gate"], done.log
     assert done.outputs["verdict"] == verdict, done.log
     assert done.returncode == (0 if verdict == "pass" else 1), done.log
     assert "rmsnorm" in done.summary and "| " in done.summary
-    (comment,) = server.comments_on(number)
-    assert GATE_COMMENT_MARKER in comment["body"]
-    status = server.status_of(head, PERF_CONTEXT)
-    assert status["state"] == ("success" if verdict == "pass" else "failure")
+    report = json.loads((tmp_path / "out" / "gate.json").read_text())
+    assert report["head_sha"] == head and report["base_sha"] == base
+    assert json.loads((tmp_path / "out" / "pull_request.json").read_text()) == {
+        "number": 7, "base_sha": base, "head_sha": head, "head_repo": "acme/models"}
+    assert (tmp_path / "out" / "gate.md").read_text().strip()
     if verdict == "fail":
         assert "::error file=kernels/norm.py" in done.log
-    assert TOKEN not in done.log and TOKEN not in done.summary
-    (tmp_path / "summary.md").write_text(done.summary)  # test_github's autouse check reads it too
+    for sid, env in done.envs.items():
+        assert "GITHUB_TOKEN" not in env and not any(TOKEN in v for v in env.values()), sid
+
+
+def test_the_install_step_sees_the_packages_of_a_python_that_is_a_virtual_environment(action_dir, tmp_path):
+    """A self-hosted runner's `python` is often a venv holding torch: the action's venv must see its packages."""
+    outer = tmp_path / "runner-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(outer)], check=True)
+    site = subprocess.run([str(outer / "bin" / "python"), "-c",
+                           "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "only_in_the_runners_venv.py").write_text("WHERE = 'runner venv'\n")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    step = next(s for s in ACTION["runs"]["steps"] if s["id"] == "install")
+    output = temp / "install.output"
+    output.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_", "VIRTUAL_ENV", "PYTHONPATH"))}
+    env.update({"PIP_NO_INDEX": "1", "RUNNER_TEMP": str(temp), "GITHUB_OUTPUT": str(output),
+                "GITHUB_STEP_SUMMARY": str(temp / "install.summary"), "ACTION_PATH": str(action_dir),
+                "INPUT_MODE": "gate", "INPUT_PYTHON": str(outer / "bin" / "python")})
+    (temp / "install.sh").write_text(step["run"])
+    done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(temp / "install.sh")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    python = read_outputs(output)["python"]
+    probe = "import only_in_the_runners_venv as m, autokernel_ci, torch; print(m.WHERE); print(autokernel_ci.__file__)"
+    probed = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    where, package = probed.stdout.split("\n")[:2]
+    assert where == "runner venv"
+    assert Path(package).is_relative_to(Path(python).parent.parent), "the action's own copy still comes first"
+    assert "is a virtual environment" in done.stdout
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -477,7 +532,7 @@ def test_merge_mode_opens_one_pull_request_and_writes_its_url(project, server, a
     with open(project / ".git" / "info" / "exclude", "a") as f:
         f.write("/autokernel-shards/\n")
     runner = ActionRunner(action_dir, project, tmp_path / "temp", env={"GITHUB_API_URL": server.api_url})
-    done = runner.run({"mode": "merge", "python": sys.executable}, installed=installed)
+    done = runner.run({"mode": "merge", "github-token": TOKEN, "python": sys.executable}, installed=installed)
 
     assert done.returncode == 0, done.log
     (pr,) = server.open_pulls()

@@ -140,6 +140,7 @@ def test_the_candidate_process_never_sees_secrets(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_not_for_candidates")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-candidates")
     monkeypatch.setenv("MY_DB_PASSWORD", "hunter2")
+    monkeypatch.setenv("DEPLOY_HOOK_URL", "https://hooks.example/for-candidates")  # no secret-like name
     source = "import os\n" + mutate(
         RIGHT_RMSNORM, "    shape = x.shape\n",
         "    leaked = [v for v in os.environ.values() if 'for-candidates' in v or 'for_candidates' in v"
@@ -148,8 +149,10 @@ def test_the_candidate_process_never_sees_secrets(tmp_path: Path, monkeypatch: p
     result = run(tmp_path, source, allow=("static.escape",), stages=("smoke",))
     assert result.status is Status.PASS, result.message
     env = child_environment({"GITHUB_TOKEN": "x", "ACTIONS_RUNTIME_URL": "y", "AWS_ACCESS_KEY_ID": "z",
-                             "PATH": "/bin", "HOME": "/root"})
-    assert set(env) >= {"PATH", "HOME"} and not {"GITHUB_TOKEN", "ACTIONS_RUNTIME_URL", "AWS_ACCESS_KEY_ID"} & set(env)
+                             "PATH": "/bin", "HOME": "/root", "WHATEVER": "w", "CUDA_VISIBLE_DEVICES": "1"})
+    # An allowlist: PATH and the device pinning pass, everything else (HOME and unknown names too) stays.
+    assert env["PATH"] == "/bin" and env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert not {"GITHUB_TOKEN", "ACTIONS_RUNTIME_URL", "AWS_ACCESS_KEY_ID", "HOME", "WHATEVER"} & set(env)
 
 
 def test_patching_the_reference_inside_the_candidate_changes_nothing(tmp_path: Path) -> None:
@@ -193,15 +196,22 @@ def test_replaying_an_earlier_output_is_refused_before_it_runs(tmp_path: Path) -
     assert {f.rule for f in result.findings} == {"static.cache"}
 
 
-def test_workers_cache_bytecode_in_our_cache_never_beside_the_sources(tmp_path: Path) -> None:
-    """A worker without .pyc files compiles torch from source every time (6 s on a GPU runner): workers
-    write bytecode, but to a cache of ours, never into the user's repository or a candidate's folder."""
-    env = child_environment({"PYTHONDONTWRITEBYTECODE": "1", "AUTOKERNEL_CACHE_DIR": "rel/cache", "PATH": "/bin"})
+def test_workers_never_write_bytecode_beside_the_sources(tmp_path: Path) -> None:
+    """Inside the sandbox the interpreter's own bytecode is read-only and nothing is written; without
+    it (`--sandbox=process`) bytecode goes to a cache of ours. Never into the user's repository or a
+    candidate's folder, either way."""
+    env = child_environment({"PYTHONDONTWRITEBYTECODE": "1", "AUTOKERNEL_CACHE_DIR": "rel/cache", "PATH": "/bin"},
+                            mode="process")
     assert "PYTHONDONTWRITEBYTECODE" not in env
     prefix = Path(env["PYTHONPYCACHEPREFIX"])
     assert prefix.is_absolute() and prefix == (Path("rel/cache") / "pycache").absolute()
-    assert child_environment({"PYTHONPYCACHEPREFIX": "/elsewhere"})["PYTHONPYCACHEPREFIX"] == "/elsewhere"
-    result = run(tmp_path, RIGHT_RMSNORM, stages=("smoke",))
+    assert child_environment({"PYTHONPYCACHEPREFIX": "/elsewhere"}, mode="process")["PYTHONPYCACHEPREFIX"] \
+        == "/elsewhere"
+    sandboxed = child_environment({"PYTHONPYCACHEPREFIX": "/elsewhere", "PATH": "/bin"}, mode="bwrap")
+    assert sandboxed["PYTHONDONTWRITEBYTECODE"] == "1" and "PYTHONPYCACHEPREFIX" not in sandboxed
+    (tmp_path / "helper_mod.py").write_text("SCALE = 1.0\n")
+    source = "import helper_mod  # noqa\n" + RIGHT_RMSNORM
+    result = run(tmp_path, source, stages=("smoke",))
     assert result.status is Status.PASS, result.message
     assert not list(tmp_path.rglob("__pycache__")), "bytecode was written beside a source"
 

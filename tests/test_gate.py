@@ -134,7 +134,9 @@ def test_one_shape_regressing_makes_the_task_a_regression():
 
 
 def test_a_malformed_worker_report_is_refused_not_trusted():
-    good = {"protocol": 1, "mode": "ab", "import_errors": {},
+    from autokernel_ci.harness.worker import PROTOCOL
+
+    good = {"protocol": PROTOCOL, "mode": "ab", "import_errors": {},
             "shapes": [{"shape": {}, "dtype": "fp32", "errors": {}, "comparisons": {"ab": {"rounds": [
                 {"a": [1.0, 2.0], "b": [1.0, 2.0]}]}}}]}
     assert gate._checked_ab_result(good, 1, ["ab"])
@@ -245,14 +247,17 @@ def test_all_gates_unchanged_tasks_too_and_correct_heads_pass_without_a_timing_v
     assert "not measured (no GPU)" in render_markdown(report)
 
 
-def test_new_and_removed_tasks_are_named_and_do_not_block(repo: Path):
+def test_new_tasks_do_not_block_and_removed_ones_block_until_accepted(repo: Path):
     commit(repo, {".autokernel.yml": config("rmsnorm", "norm3"), "kernels/norm2.py": None,
                   "kernels/norm3.py": RIGHT_RMSNORM}, "replace norm2 with norm3")
     report = run_gate(repo, "base", "HEAD", device="cpu", stages=SMOKE)
     verdicts = {v.task: v for v in report.verdicts}
     assert verdicts["norm3"].verdict == "new" and verdicts["norm3"].head_status == "PASS"
     assert verdicts["norm2"].verdict == "removed" and "deleted in head" in verdicts["norm2"].reason
-    assert report.unchanged == ["rmsnorm"] and report.exit_code == 0
+    assert not verdicts["norm3"].blocking and verdicts["norm2"].blocking
+    assert report.unchanged == ["rmsnorm"] and report.exit_code == 1
+    report.accept("@maintainer at abc1234")
+    assert report.exit_code == 0
 
 
 def test_a_kernel_file_deleted_in_head_but_still_configured_is_a_clear_error(repo: Path, capsys):

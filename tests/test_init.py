@@ -15,7 +15,7 @@ from autokernel_ci.config import load_config
 from autokernel_ci.ops import starter_source
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = ("autokernel-gate.yml", "autokernel-optimize.yml", "autokernel-review.yml")
+WORKFLOWS = ("autokernel-gate.yml", "autokernel-gate-report.yml", "autokernel-optimize.yml", "autokernel-review.yml")
 CUSTOM = '''\
 import triton
 import triton.language as tl
@@ -53,7 +53,7 @@ def test_init_writes_workflows_and_a_config_that_eval_accepts(repo: Path, capsys
         text = (repo / ".github" / "workflows" / name).read_text()
         assert "autokernel-ci/autokernel-ci@v0" in text
         if "self-hosted" in text:
-            assert "vars.AUTOKERNEL_RUNNER_LABEL || 'h100'" in text
+            assert ("vars.AUTOKERNEL_RUNNER_LABEL || 'h100'" in text) != ("AUTOKERNEL_GATE_RUNNER_LABEL" in text)
     actionlint(repo / ".github" / "workflows")
     cfg = load_config(repo / ".autokernel.yml")
     assert [(k.name, k.path, k.op) for k in cfg.kernels] == [("rmsnorm", "src/kernels/rmsnorm.py", "rmsnorm")]
@@ -96,3 +96,39 @@ def test_a_kernel_fn_signature_proposes_its_builtin_op(tmp_path: Path):
 def test_bad_runner_label_is_refused(repo: Path):
     assert main(["init", "--repo", str(repo), "--runner-label", "gpu' || 'evil"]) == 2
     assert not (repo / ".github").exists()
+
+
+def test_init_writes_codeowners_for_the_kernels_config_and_workflows_and_dependabot(repo: Path, capsys):
+    from autokernel_ci.github import owners_for, parse_codeowners
+
+    assert main(["init", "--repo", str(repo), "--codeowners", "@acme/kernels", "--action",
+                 "acme/autokernel-ci@" + "a" * 40, "--action-version", "v0.1.0"]) == 0
+    rules = parse_codeowners((repo / ".github" / "CODEOWNERS").read_text())
+    for path in ("src/kernels/rmsnorm.py", "src/kernels/gelu.py", ".autokernel.yml",
+                 ".github/workflows/autokernel-gate.yml", ".github/CODEOWNERS"):
+        assert owners_for(path, rules) == ("@acme/kernels",), path
+    assert owners_for("src/model.py", rules) == ()  # only what the gate trusts and the bot edits
+    dependabot = (repo / ".github" / "dependabot.yml").read_text()
+    assert "package-ecosystem: github-actions" in dependabot
+    gate = (repo / ".github" / "workflows" / "autokernel-gate.yml").read_text()
+    assert "uses: acme/autokernel-ci@" + "a" * 40 + " # v0.1.0" in gate
+    assert "AUTOKERNEL_GATE_RUNNER_LABEL || 'gpu-untrusted'" in gate
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_init_without_a_known_owner_leaves_codeowners_for_the_user_to_fill_and_says_so(repo: Path, capsys):
+    assert main(["init", "--repo", str(repo)]) == 0
+    text = (repo / ".github" / "CODEOWNERS").read_text()
+    assert "# /src/kernels/rmsnorm.py @OWNER" in text
+    out = capsys.readouterr().out
+    assert "name them in .github/CODEOWNERS" in out and "a tag that can be moved" in out
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--runner-label", "gpu", "--gate-runner-label", "gpu"], "must not take the optimize jobs"),
+    (["--codeowners", "acme"], "--codeowners must be"),
+    (["--gate-runner-label", "self-hosted"], "--gate-runner-label must be"),
+])
+def test_init_refuses_labels_and_owners_that_would_be_unsafe(repo: Path, capsys, args, said):
+    assert main(["init", "--repo", str(repo), *args]) == 2
+    assert said in capsys.readouterr().err and not (repo / ".github").exists()

@@ -260,12 +260,74 @@ def test_merge_opens_one_pull_request_for_every_shard_and_a_rerun_updates_it(pro
 
 
 def test_merge_refuses_shards_that_edit_the_same_file(project, tmp_path):
+    config = project / ".autokernel.yml"
+    config.write_text(config.read_text() + "  - {name: rmsnorm_fast, op: rmsnorm, path: kernels/rmsnorm.py}\n")
+    git(project, "commit", "-q", "-am", "a second task on the same file")
+    git(project, "push", "-q", "origin", "main")
     record_shard(tmp_path, 0, "rmsnorm", "kernels/rmsnorm.py", NORM_KERNEL)
     record_shard(tmp_path, 1, "rmsnorm_fast", "kernels/rmsnorm.py", NORM_KERNEL.replace("tl.sqrt", "tl.rsqrt"))
     with pytest.raises(GitError, match="two tasks edit the same file"):
         merge_results([tmp_path / "autokernel-shards"], project)
     assert "autokernel/optimize" not in git(project, "branch", "--list")
     assert git(project, "worktree", "list").count("\n") == 0  # the temporary worktree is gone
+
+
+# ---------------------------------------------------------------------------------------------------
+# what a kept commit may change: only its task's kernel file, as the checkout's config names it
+
+
+def record_shard_touching(tmp_path: Path, index: int, task: str, files: dict[str, str]) -> Path:
+    """A shard whose kept commit changes `files`: what a compromised loop job could upload."""
+    artifact = record_shard(tmp_path, index, task, "kernels/rmsnorm.py", NORM_KERNEL)
+    clone = tmp_path / f"evil-{index}"
+    git(tmp_path, "clone", "-q", str(tmp_path / "origin.git"), str(clone))
+    start = git(clone, "rev-parse", "HEAD")
+    git(clone, "checkout", "-q", "-b", f"autokernel/{task}-{DATE}")
+    for rel, text in files.items():
+        (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+        (clone / rel).write_text(text)
+    git(clone, "add", "-A")
+    git(clone, "-c", f"user.name={BOT_NAME}", "-c", f"user.email={BOT_EMAIL}", "commit", "-q", "-m", "faster")
+    kept = git(clone, "rev-parse", "HEAD")
+    git(clone, "bundle", "create", "-q", str(artifact / BUNDLE_NAME), f"autokernel/{task}-{DATE}", f"^{start}")
+    rows = [json.loads(x) for x in (artifact / "results.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["verdict"] == "kept":
+            row["commit"] = kept
+    (artifact / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return artifact
+
+
+@pytest.mark.parametrize("files, named", [
+    ({"kernels/rmsnorm.py": NORM_KERNEL, ".github/workflows/x.yml": "on: push\n"}, ".github/workflows/x.yml"),
+    ({"kernels/rmsnorm.py": NORM_KERNEL, "tests/conftest.py": "import os\n"}, "tests/conftest.py"),
+    ({"kernels/rmsnorm.py": NORM_KERNEL, ".github/CODEOWNERS": "* @mallory\n"}, ".github/CODEOWNERS"),
+    ({".autokernel.yml": "version: 1\nkernels: []\n"}, ".autokernel.yml"),
+    ({"kernels/matmul_tl.py": "# another task's file\n"}, "kernels/matmul_tl.py"),
+])
+def test_merge_refuses_a_kept_commit_that_touches_anything_but_its_kernel(project, tmp_path, capsys, files, named):
+    record_shard_touching(tmp_path, 0, "rmsnorm", files)
+    before = git(project, "for-each-ref")
+    assert main(["merge", "--results", str(tmp_path / "autokernel-shards"), "--repo", str(project),
+                 "--dry-run"]) != 0
+    err = capsys.readouterr().err
+    assert "refused" in err and named in err and "only its task's kernel file kernels/rmsnorm.py" in err
+    assert git(project, "for-each-ref") == before  # no branch, no leftover refs
+    assert git(project, "worktree", "list").count("\n") == 0
+
+
+def test_merge_refuses_a_task_the_config_does_not_list(project, tmp_path, capsys):
+    record_shard(tmp_path, 0, "rmsnorm_fast", "kernels/rmsnorm.py", NORM_KERNEL)
+    assert main(["merge", "--results", str(tmp_path / "autokernel-shards"), "--repo", str(project),
+                 "--no-publish"]) != 0
+    assert "does not list" in capsys.readouterr().err
+
+
+def test_merge_accepts_the_loops_own_commit_of_the_kernel_file(project, tmp_path, capsys):
+    record_shard(tmp_path, 0, "rmsnorm", "kernels/rmsnorm.py", NORM_KERNEL)
+    assert main(["merge", "--results", str(tmp_path / "autokernel-shards"), "--repo", str(project),
+                 "--no-publish"]) == 0
+    assert "combined branch autokernel/optimize-" in capsys.readouterr().out
 
 
 def test_merge_dry_run_changes_nothing_on_disk_or_in_git(project, tmp_path, capsys):

@@ -53,7 +53,7 @@ def test_each_slot_pins_its_worker_to_its_gpu_and_secrets_stay_out(task, tmp_pat
     seen: list[dict[str, str]] = []
     lock = threading.Lock()
 
-    def fake_run_worker(request, out_dir, timeout, env, on_progress=None, cancel=None):
+    def fake_run_worker(request, out_dir, timeout, env, on_progress=None, cancel=None, **kwargs):
         with lock:
             seen.append(env)
         return sandbox.WorkerRun(1, False, 0.0, "", None, out_dir)

@@ -46,7 +46,7 @@ def runs(monkeypatch):
 
 
 def evaluate(tmp_path: Path, source: str, name: str, **kwargs):
-    path = tmp_path / name / "candidate.py"
+    path = tmp_path / "work" / f"{name}.py"  # one folder, as the loop's workspace: one view of the files
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)
     task = kwargs.pop("task", None) or builtin_task("rmsnorm")
@@ -73,8 +73,9 @@ def test_a_standby_worker_sees_no_secrets_and_runs_in_the_requests_folder(tmp_pa
         RIGHT_RMSNORM, "    shape = x.shape\n",
         "    if any('for-candidates' in v or 'for_candidates' in v for v in os.environ.values()):\n"
         "        raise RuntimeError('saw a secret')\n"
-        "    if not os.path.isfile('request.json'):\n"
-        "        raise RuntimeError('not in the request folder: ' + os.getcwd())\n"
+        "    open('scratch-probe', 'w').close()  # its own scratch folder, writable\n"
+        "    if os.path.exists(os.path.join(os.path.dirname(__file__), 'scratch-probe')):\n"
+        "        raise RuntimeError('runs in the candidate folder: ' + os.getcwd())\n"
         "    shape = x.shape\n")
     task = builtin_task("rmsnorm")
     import dataclasses
@@ -147,3 +148,31 @@ def test_shutdown_ends_many_standby_processes_within_one_grace_period(tmp_path: 
     standby.shutdown(grace_s=0.5)
     assert time.monotonic() - started < 3.0
     assert all(p.poll() is not None for p in procs)
+
+
+def test_a_candidate_leaves_nothing_for_the_next_one_in_a_warm_worker(tmp_path: Path):
+    """A candidate that sets a global of the harness, patches torch and the comparison, and leaves a
+    thread running changes nothing for the next candidate served by a standby worker: each process
+    serves one request, and the next was started before any candidate ran."""
+    import dataclasses
+
+    meddler = mutate(RIGHT_RMSNORM, "    shape = x.shape\n", """    import threading, time
+    import torch.nn.functional as F
+    import autokernel_ci.harness.correctness as c
+    c.compare = lambda *a, **k: c.Comparison(True, 0.0, 0.0)
+    F.rms_norm = lambda x, *a, **k: x
+    torch.allclose = lambda *a, **k: True
+    globals()['LEFT'] = 1
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+    shape = x.shape
+""")
+    task = builtin_task("rmsnorm")
+    task = dataclasses.replace(task, allow=tuple(task.allow) + ("static.escape", "static.monkeypatch",
+                                                               "static.introspection", "sandbox.thread"))
+    first = evaluate(tmp_path, meddler, "meddler", task=task)
+    assert first.status in (Status.PASS, Status.REJECTED), first.message
+    assert standby.waiting_count() == 1
+    wrong = mutate(RIGHT_RMSNORM, "(x * rstd * w)", "(x * rstd * w * 1.01)")
+    after = evaluate(tmp_path, wrong, "wrong", task=builtin_task("rmsnorm"))
+    assert after.status is Status.FAIL, after.message
+    assert evaluate(tmp_path, RIGHT_RMSNORM, "right").status is Status.PASS

@@ -15,7 +15,8 @@ from typing import Any
 from autokernel_ci.errors import AutokernelError
 
 COMMANDS: tuple[str, ...] = ("eval", "bench", "calibrate", "gate", "optimize", "demo", "profile", "verify", "publish",
-                             "review_status", "plan", "merge", "init")
+                             "review_status", "plan", "merge", "init",
+                             "report_gate", "doctor")
 
 EXIT_NOT_PASSED = 1
 

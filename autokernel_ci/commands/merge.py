@@ -7,13 +7,18 @@ runner. Merging:
 
 1. reads every folder (a folder holding `results.jsonl`, or a folder of such folders, as
    `actions/download-artifact` lays them out) and checks that no task was optimized by two shards;
-2. in a temporary worktree at the commit the shards started from, cherry-picks each task's kept
+   the folders come from jobs that ran candidate kernels, so they are checked, not trusted:
+2. every kept commit must be an ordinary commit that changes exactly its task's kernel file, as this
+   checkout's `.autokernel.yml` names it (`git diff-tree --name-only`); a commit that touches anything
+   else (`.github/`, a workflow, CODEOWNERS, a conftest.py, the config, another task's file) stops the
+   merge with a message before anything is cherry-picked or pushed;
+3. in a temporary worktree at the commit the shards started from, cherry-picks each task's kept
    commits, in order, as the bot with each commit's own date (so a re-run rebuilds the very same
    commits); shards edit disjoint kernel files, so a conflict means the config shares a file
    between tasks, and the merge stops and says so;
-3. writes one results folder for the combined run (every row pointing at the combined branch and
+4. writes one results folder for the combined run (every row pointing at the combined branch and
    its new commits), renders its summary and progress plot, and commits the plot on the branch;
-4. points `autokernel/optimize-<date>` at the result and publishes it: one pull request for all the
+5. points `autokernel/optimize-<date>` at the result and publishes it: one pull request for all the
    tasks, through the same pieces as `autokernel-ci publish` (risk classification, PR body, push,
    open-or-update, labels, reviewers, the human-review status). `--dry-run` prints it instead.
 
@@ -68,7 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"the combined branch (default: {BRANCH_PREFIX}<the runs' date>)")
     p.add_argument("--base", metavar="BRANCH",
                    help="the branch to open the pull request against (default: as `autokernel-ci publish`)")
-    p.add_argument("--config", metavar="FILE", help="config file (default: .autokernel.yml in the repository)")
+    p.add_argument("--config", metavar="FILE",
+                   help="config file naming each task's kernel file (default: .autokernel.yml in the repository)")
     p.add_argument("--json", metavar="OUT",
                    help="write what was merged and published here: branch, pull request, speedup per task")
     p.add_argument("--no-publish", action="store_true", help="combine only; open no pull request")
@@ -80,7 +86,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     repo = _toplevel(Path(args.repo))
     merged = merge_results([Path(d) for d in args.results], repo, out=Path(args.out) if args.out else None,
-                           branch=args.branch, dry_run=args.dry_run)
+                           branch=args.branch, config_path=Path(args.config) if args.config else None,
+                           dry_run=args.dry_run)
     for line in merged.describe():
         print(line)
     pr = None
@@ -202,12 +209,13 @@ class MergedRun:
 
 
 def merge_results(paths: list[Path], repo: Path, *, out: Path | None = None, branch: str | None = None,
-                  dry_run: bool = False) -> MergedRun:
+                  config_path: Path | None = None, dry_run: bool = False) -> MergedRun:
     """Cherry-pick the shards' kept commits onto one branch and write one results folder; see the module doc.
     `dry_run`: the same combination, but no branch is created and the results folder is a temporary one
     outside the repository: nothing in the repository, its refs or `out` changes."""
     repo = _toplevel(repo)
     shards = find_shards(paths)
+    kernel_paths = _kernel_paths(repo, config_path)
     starts = {s.start_commit(t) for s in shards for t in s.tasks} - {""}
     first = shards[0].start_commit(shards[0].tasks[0])
     if not first:
@@ -223,7 +231,7 @@ def merge_results(paths: list[Path], repo: Path, *, out: Path | None = None, bra
         tree = Path(tmp) / "tree"
         _git(repo, "worktree", "add", "--detach", "-q", str(tree), base_commit)
         try:
-            commit_map = _replay(repo, tree, shards)
+            commit_map = _replay(repo, tree, shards, kernel_paths)
             staging = Path(tmp) / "results"
             results = _write_results(shards, staging, name, base_commit, commit_map)
             head = base_commit
@@ -258,8 +266,45 @@ def _default_branch(shards: list[ShardResults]) -> str:
     return BRANCH_PREFIX + datetime.now(timezone.utc).strftime("%Y%m%d")
 
 
-def _replay(repo: Path, tree: Path, shards: list[ShardResults]) -> dict[str, str]:
-    """Cherry-pick each task's kept commits in `tree`; returns {shard commit: new commit}."""
+def _kernel_paths(repo: Path, config_path: Path | None) -> dict[str, str]:
+    """{task: its kernel file} from the checkout's config: what a kept commit may change."""
+    from autokernel_ci.config import find_config, load_config
+
+    config_file = config_path or find_config(repo)
+    if config_file is None:
+        raise AutokernelError(f"no .autokernel.yml in {repo}: merge checks every kept commit against the kernel "
+                              "file its task names there; check out the repository (with its config) first")
+    return {k.name: Path(k.path).as_posix() for k in load_config(config_file).kernels}
+
+
+# Never changed by a kept commit, whatever the config says: what would change who reviews, what runs in CI,
+# or what the gate trusts.
+PROTECTED = (re.compile(r"(^|/)\.github/"), re.compile(r"(^|/)CODEOWNERS$"), re.compile(r"(^|/)conftest\.py$"),
+             re.compile(r"(^|/)\.autokernel\.ya?ml$"), re.compile(r"(^|/)action\.ya?ml$"),
+             re.compile(r"(^|/)\.gitmodules$"), re.compile(r"(^|/)\.gitattributes$"))
+
+
+def check_kept_commit(repo: Path, sha: str, task: str, kernel_paths: dict[str, str]) -> None:
+    """Refuse a kept commit unless it is an ordinary commit that changes only its task's kernel file."""
+    allowed = kernel_paths.get(task)
+    if allowed is None:
+        raise AutokernelError(f"the shard results name a task {task!r} that the config does not list; its commit "
+                              f"{sha[:12]} is not merged (the config decides which file each task may change)")
+    parents = _git(repo, "rev-list", "--parents", "-n", "1", sha).split()[1:]
+    if len(parents) != 1:
+        raise AutokernelError(f"the kept commit {sha[:12]} of {task} has {len(parents)} parents; the loop makes "
+                              "ordinary commits only: refused")
+    changed = _git(repo, "diff-tree", "--no-commit-id", "--name-only", "-r", "--no-renames", sha).splitlines()
+    protected = [p for p in changed if any(rule.search(p) for rule in PROTECTED)]
+    others = [p for p in changed if p != allowed]
+    if protected or others or not changed:
+        what = ", ".join((protected or others)[:5]) or "nothing"
+        raise AutokernelError(f"refused: the kept commit {sha[:12]} of {task} changes {what}; a kept commit may "
+                              f"change only its task's kernel file {allowed}. Nothing was merged or pushed.")
+
+
+def _replay(repo: Path, tree: Path, shards: list[ShardResults], kernel_paths: dict[str, str]) -> dict[str, str]:
+    """Check, then cherry-pick, each task's kept commits in `tree`; returns {shard commit: new commit}."""
     commit_map: dict[str, str] = {}
     for i, shard in enumerate(shards):
         fetched = False
@@ -273,6 +318,10 @@ def _replay(repo: Path, tree: Path, shards: list[ShardResults]) -> dict[str, str
                     raise GitError(f"commit {sha[:12]} (kept for {task}) is neither in {repo} nor in "
                                    f"{shard.path / BUNDLE_NAME}: upload the shard's whole results folder, bundle "
                                    "included, or merge in the repository the shard ran in")
+                check_kept_commit(repo, sha, task, kernel_paths)
+    for shard in shards:  # every commit checked: now replay them
+        for task in shard.tasks:
+            for sha in shard.kept_commits(task):
                 date = _git(repo, "log", "-1", "--format=%cI", sha)
                 done = _git(tree, "-c", "core.hooksPath=/dev/null", "cherry-pick", "--allow-empty",
                             "--keep-redundant-commits", sha, env=_bot(date), check=False, full=True)
@@ -412,6 +461,7 @@ def publish_merged(merged: MergedRun, *, base: str | None = None, config_path: P
 
 def _classify(merged: MergedRun, kept: list[LoopResult], config_file: Path | None, risk_config):
     """The risk of the whole branch: classified as each task's op family would see it; high if any is."""
+    from autokernel_ci.config import load_config
     from autokernel_ci.risk import classify
     from autokernel_ci.tasks import resolve_task
 
@@ -427,6 +477,12 @@ def _classify(merged: MergedRun, kept: list[LoopResult], config_file: Path | Non
             family, declared = "", None  # the diff alone decides
         if recorded and not family:
             family, declared = str(recorded.get("family") or ""), recorded.get("risk")
+            # shard.json came from the job that ran candidates: the config's own word cannot be lowered by it.
+            entry = load_config(config_file).kernel(r.task) if config_file is not None else None
+            if entry is not None:
+                declared = entry.risk or declared
+                if (entry.op or "").lower() in {f.lower() for f in risk_config.high_risk_families}:
+                    family = entry.op or family
         reports.append(classify(family, diff, risk_config, declared=declared))
     return next((r for r in reports if r.is_high), reports[0])
 

@@ -293,8 +293,11 @@ def compare(out: torch.Tensor, ref: torch.Tensor, out_dtype: torch.dtype, atol: 
 
 
 def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, report: dict[str, Any],
-               device: str) -> CaseEvidence:
-    """Compare one case's outputs (from the worker) with the float64 reference computed here."""
+               device: str, reference: tuple[Any, ...] | None = None) -> CaseEvidence:
+    """Compare one case's outputs (from the worker) with the float64 reference: computed here for the
+    built-in ops, or given (`reference`: the outputs, the inputs' floating dtype and, optionally, what
+    `input_kind_problem` said of the inputs) by the sandboxed reference worker for a task whose reference
+    is repository code."""
     import torch
 
     spec = task.spec
@@ -310,24 +313,42 @@ def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, re
     if report.get("inputs_changed"):
         evidence.message = f"modified its inputs (argument {', '.join(map(str, report['inputs_changed']))})"
         return evidence
-    try:
-        args = make_case_inputs(spec.make_inputs, case, device)
-    except Exception as exc:  # the user's factory, not the candidate: say so, with its file and line
-        raise TaskError(user_code_error(_factory_name(task), exc) + f"; case {case.index} ({case.stage}, "
-                        f"{case.kind} inputs, seed {case.seed})") from None
     if report.get("input_error"):
-        # The factory ran here without error: the candidate's process made that report up.
+        # The reference side drew the same inputs (the sandboxed reference worker, or here for a built-in op):
+        # if that fails too, it is the factory's error; if not, the candidate's process made the report up.
+        if reference is None:
+            try:
+                make_case_inputs(spec.make_inputs, case, device)
+            except Exception as exc:  # noqa: BLE001 - the factory failed here too: reported as the factory's
+                raise TaskError(user_code_error(_factory_name(task), exc) + f"; case {case.index} "
+                                f"({case.stage}, {case.kind} inputs, seed {case.seed})") from None
         evidence.message = f"its process reported an input-factory error that does not happen here: " \
                            f"{str(report['input_error'])[:200]}"
         return evidence
-    if case.stage == "stability":
-        evidence.kind_problem = input_kind_problem(case.kind, args)
-    try:
-        refs = reference_outputs(task, case, args)
-    except Exception as exc:
-        raise TaskError(user_code_error(_reference_name(task), exc) + f"; case {case.index} ({case.stage}, "
-                        f"{case.kind} inputs, seed {case.seed})") from None
-    out_dtype = expected_dtype(spec, args)
+    if reference is None:
+        try:
+            args = make_case_inputs(spec.make_inputs, case, device)
+        except Exception as exc:  # the factory, not the candidate: say so, with its file and line
+            raise TaskError(user_code_error(_factory_name(task), exc) + f"; case {case.index} ({case.stage}, "
+                            f"{case.kind} inputs, seed {case.seed})") from None
+        if case.stage == "stability":
+            evidence.kind_problem = input_kind_problem(case.kind, args)
+        try:
+            refs = reference_outputs(task, case, args)
+        except Exception as exc:
+            raise TaskError(user_code_error(_reference_name(task), exc) + f"; case {case.index} ({case.stage}, "
+                            f"{case.kind} inputs, seed {case.seed})") from None
+        out_dtype = expected_dtype(spec, args)
+        first_dtype = args[0].dtype if args and hasattr(args[0], "dtype") else out_dtype
+    else:
+        import torch
+
+        refs, in_dtype = reference[0], reference[1]
+        if case.stage == "stability" and len(reference) > 2:
+            evidence.kind_problem = reference[2]  # checked by the reference worker, on the inputs it drew
+        in_dtype = in_dtype or torch.float32
+        out_dtype = spec.out_dtype(in_dtype) if spec.out_dtype else in_dtype
+        first_dtype = in_dtype
     if outputs is None or len(outputs) != len(refs):
         n = 0 if outputs is None else len(outputs)
         evidence.message = f"returned {n} tensor(s); the reference returns {len(refs)}"
@@ -341,7 +362,7 @@ def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, re
         if tuple(out.shape) != tuple(ref.shape):
             evidence.message = f"output {i} has shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
             return evidence
-        want = out_dtype if task.kind != "kernelbench" else args[0].dtype
+        want = out_dtype if task.kind != "kernelbench" else first_dtype
         if out.dtype != want:
             evidence.message = f"output {i} has dtype {out.dtype}, expected {want}"
             return evidence

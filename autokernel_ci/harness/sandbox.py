@@ -1,9 +1,13 @@
-"""Sandboxed evaluation: run a candidate in a child process and judge what it sends back.
+"""Sandboxed evaluation: run a candidate in a sandboxed worker and judge what it sends back.
 
-The child gets a time limit, an environment with no tokens or keys, its own CUDA context and a
-process group of its own, so a hang, a segfault, an abort or an `os._exit` ends the child and never
-the caller. What it reports is data: parsed, validated, and judged here against a float64 reference
-it never saw.
+Every worker runs inside bubblewrap (`harness.bwrap`): its own namespaces, no network, no view of
+other processes or of the runner's files, an environment from an allowlist, one scratch folder.
+The parent sends it each case just in time and reads its results as a stream of messages
+(`harness.session`, `harness.stream`), watches it from /proc (`harness.watch`), and judges the
+outputs against a float64 reference the worker never saw: computed here for the built-in ops, and
+for a config task's or a KernelBench file's own reference (repository code) in a second sandboxed
+worker that runs nothing but that reference. A hang, a crash, an `os._exit` or a late rewrite ends
+as TIMEOUT or CRASH, never as the caller's failure.
 """
 
 from __future__ import annotations
@@ -12,12 +16,8 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,20 +25,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autokernel_ci.errors import CandidateError, HarnessError
+from autokernel_ci.errors import CandidateError, TaskError
+from autokernel_ci.harness import bwrap
+from autokernel_ci.harness.session import EvaluationCancelled, Session, WorkerRun, spawn
 from autokernel_ci.results import EvalResult, Finding, Status
 
 if TYPE_CHECKING:
     from autokernel_ci.tasks import KernelTask
 
-SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
-SECRET_PREFIXES = ("GITHUB_", "ACTIONS_", "RUNNER_", "AWS_", "AZURE_", "GOOGLE_", "OPENAI_", "ANTHROPIC_")
+__all__ = ["EvaluationCancelled", "TimingPlan", "WorkerRun", "child_environment", "evaluate", "run_worker"]
+
 DEFAULT_TIMEOUT_S = 600.0
 # A time this far under the measured roofline is not a record, it is a measurement the candidate fooled.
 IMPOSSIBLE_PCT = 110.0
 # Wall time between whole-device synchronizes this much above the events' time: work hidden elsewhere.
 HIDDEN_WORK_RATIO = 1.5
 HIDDEN_WORK_MIN_US = 2.0
+# Timed calls whose outputs are kept and judged like a correctness case, picked when timing starts.
+TIMED_CHECKS = 3
+# What the parent copies back from a worker's private caches (Triton's, load_inline's builds) at most.
+CACHE_COPY_LIMIT = 512 * 1024**2
 
 
 @dataclass
@@ -72,25 +78,27 @@ class TimingPlan:
         return asdict(self)
 
 
-def child_environment(env: Mapping[str, str] | None = None, device: str = "cpu") -> dict[str, str]:
-    """The parent's environment less anything that looks like a credential, plus the worker's settings."""
+def child_environment(env: Mapping[str, str] | None = None, device: str = "cpu",
+                      mode: str | None = None) -> dict[str, str]:
+    """A worker's environment: the allowlisted variables of `env` (nothing else, whatever its name)
+    plus the worker's settings. In the `process` mode (no OS sandbox) bytecode goes to a cache of
+    ours; inside bubblewrap the interpreter's own bytecode is read-only and nothing is written."""
     env = os.environ if env is None else env
-    clean = {k: v for k, v in env.items() if not SECRET_NAME.search(k) and not k.startswith(SECRET_PREFIXES)}
-    package_root = str(Path(__file__).resolve().parents[2])
-    clean["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, clean.get("PYTHONPATH", "")) if p)
-    # Bytecode goes to a cache of ours, never beside the sources: not into the user's repository or a
-    # candidate's folder, and not skipped either, since a worker that compiles torch's modules from
-    # source on a machine without .pyc files (a --no-compile install, PYTHONDONTWRITEBYTECODE in a
-    # container) spends ~6 s on it every evaluation (on an H100 runner: 6.2 s of a worker's 11.9 s;
-    # benchmarks/RESULTS.md, run 5).
-    # Candidates are always compiled from source (tasks.load_module_from_path).
-    clean.pop("PYTHONDONTWRITEBYTECODE", None)
-    clean.setdefault("PYTHONPYCACHEPREFIX", str(_pycache_dir(env)))
+    mode = mode or bwrap.sandbox_mode(env)
+    clean = bwrap.allowed_environment(env)
+    clean.setdefault("PATH", os.defpath)
+    clean["PYTHONPATH"] = str(bwrap.package_root())
     clean["PYTHONUNBUFFERED"] = "1"
+    clean["PYTHONNOUSERSITE"] = "1"
+    clean.setdefault("OMP_NUM_THREADS", "1")  # no thread pool of torch's own that could hide a candidate's
+    if mode == "process":
+        # Not beside the sources (the user's repository, a candidate's folder), and not skipped either:
+        # a worker that compiles torch from source every time spends seconds on it.
+        clean["PYTHONPYCACHEPREFIX"] = env.get("PYTHONPYCACHEPREFIX") or str(_pycache_dir(env))
+    else:
+        clean["PYTHONDONTWRITEBYTECODE"] = "1"
     if device == "cpu":
         clean["TRITON_INTERPRET"] = "1"
-    else:
-        clean.pop("TRITON_INTERPRET", None)
     return clean
 
 
@@ -101,90 +109,147 @@ def _pycache_dir(env: Mapping[str, str]) -> Path:
     return (cache_root(env.get(CACHE_ENV)) / "pycache").absolute()
 
 
-class EvaluationCancelled(HarnessError):
-    """The evaluation was cancelled before the worker finished (the caller is shutting down)."""
+def mounts_for(request: dict[str, Any], device: str) -> bwrap.Mounts:
+    """What a worker for `request` must see read-only: the task's repository or KernelBench folder and
+    the folder of every candidate it imports."""
+    wire = request.get("task") or {}
+    paths: list[Any] = [wire.get("root")]
+    if wire.get("kernelbench"):
+        paths.append(Path(wire["kernelbench"]).parent)
+    if request.get("candidate"):
+        paths.append(Path(request["candidate"]).parent)
+    for path in (request.get("candidates") or {}).values():
+        paths.append(Path(path).parent)
+    return bwrap.Mounts(scratch=Path("/"), read_only=bwrap.read_only_paths(paths), gpu=device == "cuda")
 
 
-@dataclass
-class WorkerRun:
-    returncode: int | None
-    timed_out: bool
-    seconds: float
-    log_tail: str
-    result: dict[str, Any] | None
-    out_dir: Path
-
-
-def run_worker(request: dict[str, Any], out_dir: Path, timeout: float, env: dict[str, str],
-               on_progress: Callable[[int], None] | None = None,
-               cancel: threading.Event | None = None, standby: bool = False) -> WorkerRun:
-    """Start the worker on `request`, wait at most `timeout` seconds, and collect what it wrote.
-
-    Setting `cancel` (from another thread: a pool shutting down) kills the worker and raises
-    `EvaluationCancelled`; the worker lives in its own session and would otherwise outlive the caller.
-    `standby`: hand the request to a worker started ahead with the same environment, if there is one,
-    and start the next (`harness.standby`); the time limit counts from the hand-over."""
+def run_worker(request: dict[str, Any], out_dir: Path | None, timeout: float, env: dict[str, str],
+               on_progress: Callable[[int], None] | None = None, cancel: threading.Event | None = None,
+               standby: bool = False, cases: list[dict[str, Any]] | None = None,
+               before_case: Callable[[dict[str, Any]], None] | None = None,
+               after_cases: Callable[[bool], dict[str, Any] | None] | None = None,
+               cache_key: str | None = None, mode: str | None = None) -> WorkerRun:
+    """Start a sandboxed worker on `request` (or hand it to one started ahead, `standby`), feed it
+    `cases` one at a time (`before_case(case)` first: the reference side), then the line
+    `after_cases(all_clean)` returns (the timing plan), and collect what it sent. `out_dir`: the
+    scratch folder to give it (None: one of its own, removed after). The time limit counts from the
+    hand-over. Setting `cancel` kills the worker and raises `EvaluationCancelled`."""
     from autokernel_ci.harness import standby as standby_workers
 
-    request = {**request, "out_dir": str(out_dir)}
-    request_path = out_dir / "request.json"
-    request_path.write_text(json.dumps(request))
-    log_path = out_dir / "worker.log"
-    handed = standby_workers.take(env, request_path) if standby and standby_workers.enabled(env) else None
-    start = time.monotonic()
-    with open(log_path, "ab") as log:
-        if handed is not None:
-            proc = handed.proc
-        else:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "autokernel_ci.harness.worker", str(request_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out_dir,
-                start_new_session=True,
-            )
-        timed_out = False
-        seen = 0
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired:
-                    if cancel is not None and cancel.is_set():
-                        raise EvaluationCancelled("the evaluation was cancelled") from None
-                    if time.monotonic() - start > timeout:
-                        timed_out = True
-                        _kill_group(proc)
-                        break
-                if on_progress is not None:
-                    done = _count_lines(out_dir / "progress.log")
-                    if done != seen:
-                        seen = done
-                        on_progress(done)
-        except BaseException:
-            # Ctrl-C or SIGTERM in the caller: the worker has its own session and would outlive us.
-            _kill_group(proc)
-            raise
-        finally:
-            if handed is not None:
-                shutil.rmtree(handed.home, ignore_errors=True)
-    seconds = time.monotonic() - start
-    result = None
-    result_path = out_dir / "result.json"
-    if result_path.is_file() and not timed_out:
-        try:
-            result = json.loads(result_path.read_text())
-        except (OSError, ValueError):
-            result = None
-    tail = log_path.read_bytes()[-4000:].decode("utf-8", "replace") if log_path.is_file() else ""
-    return WorkerRun(proc.returncode, timed_out, seconds, tail, result, out_dir)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
+    mode = mode or bwrap.sandbox_mode()
+    device = request.get("device", "cpu")
+    mounts = mounts_for(request, device)
+    handed = standby_workers.take(env, mounts, mode) if standby and standby_workers.enabled(env) else None
+    process = handed or spawn(env, mounts, mode, scratch=Path(out_dir) if out_dir else None)
+    if cache_key:
+        _restore_cache(cache_key, process.scratch)
+    eval_mode = request.get("mode") in (None, "eval") and request.get("candidate") is not None
+    session = Session(process, request, timeout, cancel=cancel, watch=eval_mode)
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+        if eval_mode and session.wait("ready", 1):
+            session.mark_ready()
+        if cases is not None:
+            clean = session.wait("imported", 1) and not (session.process.reader.messages
+                                                         and _import_error(session.process.reader.messages))
+            for i, case in enumerate(cases if clean else []):
+                if before_case is not None:
+                    before_case(case)
+                session.send({"case": case})
+                if not session.wait("case", i + 1):
+                    clean = False
+                    break
+                report = session.process.reader.messages[-1].header.get("report") or {}
+                clean = clean and not (report.get("error") or report.get("output_problem"))
+                if on_progress is not None:
+                    on_progress(i + 1)
+            tail = after_cases(clean) if after_cases is not None else None
+            session.send({"end": True, **(tail or {})})
+        run = session.finish()
+    except BaseException:
+        session.cleanup()
+        raise
+    if cache_key and run.problem is None and not run.timed_out:
+        _save_cache(cache_key, process.scratch)
+    run.result = assemble(run)
+    if out_dir is not None:  # where callers look for the steps, written by us after the worker is gone
+        (Path(out_dir) / "progress.log").write_text("".join(f"{step}\n" for step in run.progress))
+    session.cleanup()
+    return run
+
+
+def _import_error(messages) -> str | None:
+    imported = next((m for m in messages if m.kind == "imported"), None)
+    return imported.header.get("import_error") if imported is not None else None
+
+
+def assemble(run: WorkerRun) -> dict[str, Any] | None:
+    """The worker's messages as one report: what the judging below reads. None when nothing usable came."""
+    if not run.messages:
+        return None
+    data: dict[str, Any] = {"protocol": 2, "cases": [], "module_state": [], "import_error": None, "timings": [],
+                            "baselines": [], "gpu": None, "timed_outputs": [], "outputs": {}}
+    for message in run.messages:
+        h = message.header
+        if message.kind == "ready":
+            data["gpu"] = h.get("gpu")
+        elif message.kind == "imported":
+            data["import_error"] = h.get("import_error")
+            data["module_state"] += list(h.get("module_state") or [])
+        elif message.kind == "case":
+            report = h.get("report") if isinstance(h.get("report"), dict) else {}
+            data["cases"].append(report)
+            data["outputs"][len(data["cases"]) - 1] = message.tensors if message.tensors else None
+        elif message.kind == "timings":
+            data["timings"] = list(h.get("timings") or [])
+        elif message.kind == "timed_output":
+            data["timed_outputs"].append({**h, "outputs": message.tensors})
+        elif message.kind == "baselines":
+            data["baselines"] = list(h.get("baselines") or [])
+        elif message.kind == "state":
+            data["module_state"] += list(h.get("module_state") or [])
+        elif message.kind == "ab":
+            return h.get("result") if isinstance(h.get("result"), dict) else None
+        elif message.kind == "task_error":
+            data["task_error"] = h.get("error")
+        elif message.kind == "done":
+            data["phases_s"] = h.get("phases_s", {})
+    return data
+
+
+def _cache_dir(key: str) -> Path:
+    from autokernel_ci.harness.device import cache_root
+
+    return cache_root() / "sandbox" / key
+
+
+def _restore_cache(key: str, scratch: Path) -> None:
+    """Copy what the last evaluation of these same files built (Triton binaries, load_inline builds)
+    into this worker's scratch. The cache is keyed by the digest of the evaluated sources: a worker can
+    only ever leave builds for the files it was given, so one candidate's build never stands in for
+    another's."""
+    src = _cache_dir(key)
+    if src.is_dir():
+        shutil.copytree(src, scratch / ".cache", symlinks=True, dirs_exist_ok=True,
+                        ignore=lambda d, names: [n for n in names if os.path.islink(os.path.join(d, n))])
+
+
+def _save_cache(key: str, scratch: Path) -> None:
+    src = scratch / ".cache"
+    if not src.is_dir():
+        return
+    size = sum(f.stat().st_size for f in src.rglob("*") if f.is_file() and not f.is_symlink())
+    if size == 0 or size > CACHE_COPY_LIMIT:
+        return
+    dest = _cache_dir(key)
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp, symlinks=True,
+                        ignore=lambda d, names: [n for n in names if os.path.islink(os.path.join(d, n))])
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _count_lines(path: Path) -> int:
@@ -196,8 +261,8 @@ def _count_lines(path: Path) -> int:
 
 def validate_worker_result(data: Any, n_cases: int) -> str | None:
     """Why the worker's report cannot be trusted as data, or None. A candidate could tamper with it."""
-    if not isinstance(data, dict) or data.get("protocol") != 1:
-        return "the worker's report is not a protocol-1 JSON object"
+    if not isinstance(data, dict) or data.get("protocol") != 2:
+        return "the worker's report is not a protocol-2 object"
     if data.get("import_error") is not None:
         return None if isinstance(data["import_error"], str) else "import_error is not a string"
     cases = data.get("cases")
@@ -232,12 +297,12 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
              on_progress: Callable[[int, int], None] | None = None,
              env_overrides: Mapping[str, str] | None = None,
              cancel: threading.Event | None = None, standby: bool = False) -> EvalResult:
-    """Static checks, then the worker, then judgement: the whole correctness gate for one candidate.
+    """Static checks, then the sandboxed worker, then judgement: the whole correctness gate for one candidate.
 
-    `env_overrides` are added to the worker's environment before credentials are stripped (a pool
-    pins each worker to its GPU with `CUDA_VISIBLE_DEVICES`); `cancel` is passed to `run_worker`.
-    `standby`: for callers that evaluate one candidate after another (the loop): the worker is taken
-    from, and the next one started into, `harness.standby`."""
+    `env_overrides` are added to the worker's environment before it is filtered (a pool pins each
+    worker to its GPU with `CUDA_VISIBLE_DEVICES`); `cancel` is passed to `run_worker`. `standby`: for
+    callers that evaluate one candidate after another (the loop): the worker is taken from, and the
+    next one started into, `harness.standby`."""
     from autokernel_ci.harness import anticheat
     from autokernel_ci.harness.correctness import STAGES, plan_cases
 
@@ -250,9 +315,11 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
     except (OSError, UnicodeDecodeError) as exc:
         raise CandidateError(f"cannot read candidate {path}: {exc}") from None
     device = resolve_device(device)
+    mode = bwrap.sandbox_mode()
     result = EvalResult(status=Status.PASS, task=task.name, candidate=str(path),
                         candidate_sha256=hashlib.sha256(source.encode()).hexdigest(),
-                        device=_device_label(device), representative_timing=False, environment=_environment())
+                        device=_device_label(device), representative_timing=False, environment=_environment(),
+                        sandbox=bwrap.label(mode))
 
     findings = anticheat.scan_source(source, allow=task.allow, entry=task.entry)
     syntax = [f for f in findings if f.rule == "static.syntax"]
@@ -267,45 +334,162 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
     cases, plan_notes = plan_cases(task.spec, device, seed=seed, stages=stages or STAGES,
                                    include_bench_shapes=include_bench_shapes)
     result.seeds, result.plan_seed = [c.seed for c in cases], seed
-    request = {"task": task.to_wire(), "candidate": str(path.resolve()), "device": device,
-               "cases": [c.to_wire() for c in cases], "poison": True,
-               "timing": timing.to_wire() if timing else None}
-    with tempfile.TemporaryDirectory(prefix="autokernel-eval-", dir=work_dir) as tmp:
-        progress = (lambda done: on_progress(done, len(cases))) if on_progress else None
-        env = child_environment({**os.environ, **env_overrides} if env_overrides else None, device=device)
-        # `cancel` and `standby` only when given: wrappers of run_worker (benchmarks/) keep working.
-        extra = {**({"cancel": cancel} if cancel else {}), **({"standby": True} if standby else {})}
-        run = run_worker(request, Path(tmp), timeout, env, progress, **extra)
-        result.worker_log = run.log_tail[-2000:]
-        if run.timed_out:
-            return _finish(result, Status.TIMEOUT, f"the candidate ran past the {timeout:g} s limit "
-                           f"(during case {_count_lines(Path(tmp) / 'progress.log')} of {len(cases)})", started)
-        data = run.result
-        if data is not None and data.get("import_error"):
-            return _finish(result, Status.CRASH, f"the candidate failed to import: {data['import_error']}", started)
-        if run.returncode != 0 or data is None:
-            return _finish(result, Status.CRASH, _crash_message(run, len(cases)), started)
-        problem = validate_worker_result(data, len(cases))
-        if problem:
-            return _finish(result, Status.CRASH, problem, started)
-        gpu = data.get("gpu")
-        if isinstance(gpu, dict):  # informational: which card the worker saw (a pool pins one per worker)
-            result.environment.update({f"gpu_{k}": str(gpu[k])[:80] for k in ("uuid", "visible") if k in gpu})
-        dynamic = _dynamic_findings(task, data, anticheat, cases, device)
-        if dynamic:
-            return _finish(result, Status.REJECTED, _findings_message(dynamic), started, findings=dynamic)
-        result = _judge(task, cases, data, Path(tmp), device, plan_notes, result, started)
-        if result.status is Status.FAIL and include_bench_shapes is None:
-            from autokernel_ci.harness.correctness import reproduce_command
+    # The worker learns a case (its shape, dtype and seed) only when the parent sends it.
+    request = {"task": task.to_wire(), "candidate": str(path.resolve()), "device": device, "poison": True,
+               "n_cases": len(cases)}
+    env = child_environment({**os.environ, **env_overrides} if env_overrides else None, device=device, mode=mode)
+    reference = _ReferenceSide(task, device, env, timeout, mode, cancel, work_dir)
+    checks: list[int] = []
 
-            result.reproduce = reproduce_command(task, path, seed, tuple(stages or STAGES), device)
+    def after_cases(clean: bool) -> dict[str, Any] | None:
+        if timing is None or not clean:
+            return None
+        # Which timed calls are kept and judged: drawn now, from the OS, never from the case seeds.
+        picks = random.SystemRandom().sample(range(1, max(timing.min_reps, TIMED_CHECKS) + 1), TIMED_CHECKS)
+        checks.extend(picks)
+        return {"timing": {**timing.to_wire(), "check_calls": picks}}
+
+    progress = (lambda done: on_progress(done, len(cases))) if on_progress else None
+    # `cancel` and `standby` only when given: wrappers of run_worker (benchmarks/) keep working.
+    extra = {**({"cancel": cancel} if cancel else {}), **({"standby": True} if standby else {})}
+    try:
+        run = run_worker(request, None, timeout, env, progress, cases=[c.to_wire() for c in cases],
+                         before_case=reference.prepare, after_cases=after_cases,
+                         cache_key=_cache_key([source], task, device), mode=mode, **extra)
+        result.worker_log = run.log_tail[-2000:]
+        verdict = _verdict(task, cases, run, device, plan_notes, result, started, reference, timeout, anticheat)
+        if verdict is not None:
+            if verdict.status is Status.FAIL and include_bench_shapes is None:
+                from autokernel_ci.harness.correctness import reproduce_command
+
+                verdict.reproduce = reproduce_command(task, path, seed, tuple(stages or STAGES), device)
+            return verdict
+        data = run.result or {}
+        timed = _judge_timed_outputs(task, data, timing, device, reference) if timing is not None else None
+    finally:
+        reference.close()
+    if timed:
+        return _finish(result, Status.FAIL, timed, started)
     if result.status is Status.PASS and timing is not None:
+        result.environment["timed_calls_checked"] = str(len(data.get("timed_outputs", [])))
         result = _attach_timings(task, data, timing, device, result, work_dir, env_overrides)
         suspicious = timing_findings(result)
         if suspicious:
             return _finish(result, Status.REJECTED, _findings_message(suspicious), started, findings=suspicious)
         result.duration_s = round(time.monotonic() - started, 3)
     return result
+
+
+def _verdict(task, cases, run: WorkerRun, device: str, plan_notes: list[str], result: EvalResult, started: float,
+             reference: _ReferenceSide, timeout: float, anticheat) -> EvalResult | None:
+    """The result for everything but timing; None only on a PASS with timing still to attach."""
+    data = run.result
+    received = len((data or {}).get("cases", []))
+    if run.timed_out:
+        doing = f"during case {received + 1} of {len(cases)}" if received < len(cases) else "while being timed"
+        return _finish(result, Status.TIMEOUT, f"the candidate ran past the {timeout:g} s limit ({doing})", started)
+    if data is not None and data.get("task_error"):
+        raise TaskError(f"{task.name}: {data['task_error']}")
+    if data is not None and data.get("import_error"):
+        return _finish(result, Status.CRASH, f"the candidate failed to import: {data['import_error']}", started)
+    if run.problem is not None or data is None:
+        return _finish(result, Status.CRASH, _crash_message(run, len(cases)), started)
+    problem = validate_worker_result(data, len(cases))
+    if problem:
+        return _finish(result, Status.CRASH, problem, started)
+    gpu = data.get("gpu")
+    if isinstance(gpu, dict):  # informational: which card the worker saw (a pool pins one per worker)
+        result.environment.update({f"gpu_{k}": str(gpu[k])[:80] for k in ("uuid", "visible") if k in gpu})
+    dynamic = list(run.findings) + _dynamic_findings(task, data, anticheat, reference)
+    if dynamic:
+        return _finish(result, Status.REJECTED, _findings_message(dynamic), started, findings=dynamic)
+    judged = _judge(task, cases, data, device, plan_notes, result, started, reference)
+    return judged if judged.status is not Status.PASS or not data.get("timings") else None
+
+
+def _cache_key(sources: list[str], task: KernelTask, device: str) -> str:
+    """The private build cache of exactly these sources, on this device, with this torch."""
+    import torch
+
+    ident = json.dumps([sources, task.name, device, torch.__version__, os.environ.get("TORCH_CUDA_ARCH_LIST", "")])
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+class _ReferenceSide:
+    """The float64 reference of each case. For a built-in op it is computed here (package code); for a
+    config task's or a KernelBench file's own reference, which is repository code, a second sandboxed
+    worker runs it, case by case, and sends its outputs back. That worker never sees a candidate."""
+
+    def __init__(self, task: KernelTask, device: str, env: dict[str, str], timeout: float, mode: str,
+                 cancel: threading.Event | None, work_dir: Path | None) -> None:
+        self.task, self.device = task, device
+        self.remote = task.kind in ("config", "kernelbench")
+        self.results: dict[int, Any] = {}
+        self.ops: set[str] | None = None
+        self.session: Session | None = None
+        self._sent = 0
+        if self.remote:
+            request = {"mode": "reference", "task": task.to_wire(), "device": device}
+            process = spawn(env, mounts_for(request, device), mode, work_dir=work_dir)
+            self.session = Session(process, request, timeout, cancel=cancel, watch=False)
+
+    def prepare(self, case: dict[str, Any]) -> None:
+        if not self.remote or case["index"] in self.results:
+            return
+        assert self.session is not None
+        self.session.send({"case": case})
+        self._sent += 1
+        if not self.session.wait("reference", self._sent):
+            run_tail = self.session.process.log_tail().strip().splitlines()
+            reason = self.session.process.reader.problem or (run_tail[-1][:200] if run_tail else "no output")
+            first = next((m for m in self.session.process.reader.messages if m.kind == "task_error"), None)
+            if first is not None:
+                raise TaskError(f"{self.task.name}: {first.header.get('error')}")
+            raise TaskError(f"{self.task.name}: the task's reference process stopped before case "
+                            f"{case['index']} ({reason})")
+        message = self.session.process.reader.messages[-1]
+        if message.header.get("error"):
+            raise TaskError(f"{self.task.name}: {message.header['error']} (case {case['index']}, seed {case['seed']})")
+        if self.ops is None and isinstance(message.header.get("ops"), list):
+            self.ops = {str(op) for op in message.header["ops"]}
+        self.results[case["index"]] = message
+
+    def given(self, index: int) -> tuple[Any, ...] | None:
+        """(reference outputs, inputs' floating dtype, kind problem) for judge_case, or None: computed there."""
+        if not self.remote:
+            return None
+        import torch
+
+        message = self.results[index]
+        name = message.header.get("in_dtype")
+        dtype = getattr(torch, name) if isinstance(name, str) and hasattr(torch, name) else None
+        return tuple(t.to(self.device) for t in message.tensors), dtype, message.header.get("kind_problem")
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close_input()
+            self.session.cleanup()
+
+
+def _judge_timed_outputs(task: KernelTask, data: dict[str, Any], timing: TimingPlan, device: str,
+                         reference: _ReferenceSide) -> str | None:
+    """Why a kept timed call's outputs are wrong (a FAIL message), or None when every one is right."""
+    from autokernel_ci.harness.correctness import Case, judge_case
+
+    for j, sample in enumerate(data.get("timed_outputs", [])):
+        try:
+            shape = timing.shapes[int(sample["shape_index"])]
+            k = int(sample["input_set"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            return "a timed call's outputs came back malformed"
+        case = Case(100000 + j, "timing", dict(shape), timing.dtype, timing.seed + k)
+        reference.prepare(case.to_wire())
+        evidence = judge_case(task, case, tuple(sample["outputs"]) or None, {}, device, reference.given(case.index))
+        if not evidence.passed:
+            label = task.spec.shape_label(shape) if shape else "default inputs"
+            return (f"a timed call (call {sample.get('call')}, {label} {timing.dtype}) returned a wrong result while "
+                    f"its correctness checks passed: {evidence.message}")
+    return None
 
 
 def _attach_timings(task: KernelTask, data: dict[str, Any], plan: TimingPlan, device: str, result: EvalResult,
@@ -388,10 +572,10 @@ def measure_baselines(task: KernelTask, plan: TimingPlan, device: str, work_dir:
             return {(r[0], r[1]): float(r[2]) for r in rows}
         except (OSError, ValueError, IndexError, TypeError):
             pass
-    request = {"task": task.to_wire(), "candidate": None, "device": device, "cases": [], "timing": plan.to_wire()}
-    with tempfile.TemporaryDirectory(prefix="autokernel-baselines-", dir=work_dir) as tmp:
-        env = child_environment({**os.environ, **env_overrides} if env_overrides else None, device=device)
-        run = run_worker(request, Path(tmp), DEFAULT_TIMEOUT_S, env)
+    request = {"mode": "baselines", "task": task.to_wire(), "candidate": None, "device": device,
+               "timing": plan.to_wire()}
+    env = child_environment({**os.environ, **env_overrides} if env_overrides else None, device=device)
+    run = run_worker(request, None, DEFAULT_TIMEOUT_S, env)
     rows = []
     for raw in (run.result or {}).get("baselines", []):
         if isinstance(raw, dict) and isinstance(raw.get("median_us"), (int, float)):
@@ -405,24 +589,17 @@ def measure_baselines(task: KernelTask, plan: TimingPlan, device: str, work_dir:
     return {(r[0], r[1]): r[2] for r in rows}
 
 
-def _judge(task, cases, data, out_dir: Path, device: str, plan_notes: list[str], result: EvalResult,
-           started: float) -> EvalResult:
-    import torch
-
+def _judge(task, cases, data, device: str, plan_notes: list[str], result: EvalResult, started: float,
+           reference: _ReferenceSide) -> EvalResult:
     from autokernel_ci.harness.correctness import judge_case, judge_determinism, stage_evidence
 
     outputs: dict[int, tuple[Any, ...] | None] = {}
     evidence = []
     for case, report in zip(cases, data["cases"]):
-        path = out_dir / f"case_{case.index}.pt"
-        out = None
-        if path.is_file():
-            try:
-                out = torch.load(path, map_location=device, weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - a corrupt output file is the candidate's failure
-                report = {**report, "output_problem": f"its outputs could not be read back ({type(exc).__name__})"}
+        out = data["outputs"].get(case.index)
+        out = tuple(t.to(device) for t in out) if out else None
         outputs[case.index] = out
-        evidence.append(judge_case(task, case, out, report, device))
+        evidence.append(judge_case(task, case, out, report, device, reference.given(case.index)))
     notes: dict[str, list[str]] = {"shapes": list(plan_notes), "determinism": judge_determinism(cases, outputs)}
     result.stages = stage_evidence(cases, evidence, notes)
     failed = [e for e in evidence if not e.passed]
@@ -439,7 +616,7 @@ def _judge(task, cases, data, out_dir: Path, device: str, plan_notes: list[str],
     return _finish(result, Status.PASS, message, started)
 
 
-def _dynamic_findings(task, data: dict[str, Any], anticheat, cases, device: str) -> list[Finding]:
+def _dynamic_findings(task, data: dict[str, Any], anticheat, reference: _ReferenceSide) -> list[Finding]:
     findings = [Finding(**f) for f in data.get("module_state", []) if isinstance(f, dict)]
     ops: set[str] = set()
     for case in data["cases"]:
@@ -448,18 +625,9 @@ def _dynamic_findings(task, data: dict[str, Any], anticheat, cases, device: str)
     if task.kind == "kernelbench":
         # A KernelBench ModelNew may keep some of Model's layers in PyTorch; what it may not do is run
         # the operators the reference itself runs (that is the work it claims to have replaced).
-        allowed += tuple(sorted(ops - _reference_ops(task, cases[0], device, anticheat)))
+        allowed += tuple(sorted(ops - (reference.ops or set())))
     findings += anticheat.classify_ops(sorted(ops), allowed=allowed)
     return findings
-
-
-def _reference_ops(task, case, device: str, anticheat) -> set[str]:
-    from autokernel_ci.harness.correctness import make_case_inputs
-    args = make_case_inputs(task.spec.make_inputs, case, device)
-    recorder = anticheat.OpRecorder()
-    with recorder:
-        task.spec.reference(*args, seed=case.seed)
-    return set(recorder.counts())
 
 
 def _findings_message(findings: list[Finding]) -> str:
@@ -470,15 +638,20 @@ def _findings_message(findings: list[Finding]) -> str:
 
 def _crash_message(run: WorkerRun, n_cases: int) -> str:
     code = run.returncode
-    if code is not None and code < 0:
+    if code is not None and code > 128 and run.sandbox == bwrap.SANDBOXED:
+        code = 128 - code  # bubblewrap reports a child killed by signal N as 128 + N
+    if run.problem and run.problem != "the worker ended without sending its last message":
+        how = f"broke the result stream: {run.problem}"
+    elif code is not None and code < 0:
         try:
             how = f"was killed by {signal.Signals(-code).name}"
         except ValueError:
             how = f"was killed by signal {-code}"
     else:
         how = f"exited with status {code} before reporting"
-    done = _count_lines(run.out_dir / "progress.log")
-    where = f" during case {done} of {n_cases}" if done else " before the first case (at import?)"
+    done = len((run.result or {}).get("cases", []))
+    imported = any(m.kind == "imported" for m in run.messages)
+    where = f" during case {done + 1} of {n_cases}" if imported else " before the first case (at import?)"
     last = next((ln for ln in reversed(run.log_tail.strip().splitlines()) if ln.strip()), "")
     return f"the candidate process {how}{where}" + (f"; last output: {last[:200]}" if last else "")
 

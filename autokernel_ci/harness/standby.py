@@ -3,15 +3,16 @@
 A worker spends seconds before it runs a single case: the interpreter starts, torch and Triton
 import (on an H100 runner, before bytecode was cached: 1.2 s of start and exit and 4.8–6.1 s of
 imports a screen evaluation; benchmarks/RESULTS.md, run 5; not yet measured with the cache).
-The loop evaluates one candidate after another, so `take(env)` hands the request to a process that
-was started with the same environment during the previous evaluation and has done that part
-already, and starts the next one. Each process still serves exactly one request: it imported only
-our code and torch's before the request came, never a candidate, so the isolation is what a fresh
-process gives. Without a standby process for this environment (the first evaluation, or another
-GPU's slot) the caller starts one the usual way.
+The loop evaluates one candidate after another, so `take(env, mounts, mode)` hands the request to a
+sandboxed worker that was started with the same environment and the same view of the files during
+the previous evaluation and has done that part already, and starts the next one. Each process
+still serves exactly one request: it imported only our code and torch's before the request came,
+never a candidate, so the isolation is what a fresh process gives. Without a standby process for
+this environment (the first evaluation, or another GPU's slot) the caller starts one the usual way.
 
-A standby process waits on its stdin for the request's path. When the parent goes away, however it
-ends, that pipe closes and the process exits. `AUTOKERNEL_STANDBY=0` turns the whole thing off.
+A standby process waits on its stdin for the request, with a scratch folder of its own. When the
+parent goes away, however it ends, that pipe closes and the process exits. `AUTOKERNEL_STANDBY=0`
+turns the whole thing off.
 """
 
 from __future__ import annotations
@@ -22,54 +23,36 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
+
+from autokernel_ci.harness import bwrap
+from autokernel_ci.harness.session import Process, kill, spawn
 
 ENV_SWITCH = "AUTOKERNEL_STANDBY"
 # One per environment in use: a pool has one per GPU, so an 8-GPU runner keeps 8 (each has torch imported,
 # no CUDA context: well under 1 GB). Beyond this the least recently used go first.
 MAX_PROCESSES = 16
 
-
-@dataclass
-class Standby:
-    """A standby process and its working folder until a request comes (then the request's folder). Once
-    `take` hands it a request, the caller waits on `proc` and removes `home` after."""
-
-    proc: subprocess.Popen
-    home: Path
-
-
 _lock = threading.Lock()
-_waiting: OrderedDict[str, Standby] = OrderedDict()
+_waiting: OrderedDict[str, Process] = OrderedDict()
 
 
 def enabled(env: dict[str, str] | None = None) -> bool:
     return (os.environ if env is None else env).get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def take(env: dict[str, str], request_path: Path) -> Standby | None:
-    """Hand `request_path` to the standby process started with exactly `env`, if one is alive, and start
-    the next one for `env`. None when there was none: the caller starts a worker itself."""
-    key = _key(env)
+def take(env: dict[str, str], mounts: bwrap.Mounts | None, mode: str, work_dir=None) -> Process | None:
+    """The standby worker started with exactly `env`, `mounts` and sandbox `mode`, if one is alive, and
+    the next one started for them. None when there was none: the caller starts a worker itself."""
+    key = _key(env, mounts, mode)
     with _lock:
         ready = _waiting.pop(key, None)
-        _start(key, env)
+        _start(key, env, mounts, mode, work_dir)
     if ready is None:
         return None
-    if ready.proc.poll() is not None:  # it died waiting (killed, out of memory): not to be trusted
-        _discard(ready)
-        return None
-    try:
-        assert ready.proc.stdin is not None
-        ready.proc.stdin.write(f"{request_path}\n".encode())
-        ready.proc.stdin.close()
-    except OSError:
-        _discard(ready)
+    if ready.proc.poll() is not None or ready.reader.messages or ready.reader.closed.is_set():
+        _discard(ready)  # it died waiting (killed, out of memory), or spoke before it was asked: not trusted
         return None
     return ready
 
@@ -89,8 +72,9 @@ def shutdown(grace_s: float = 2.0) -> None:
         try:
             process.proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
-            _kill(process.proc)
-        shutil.rmtree(process.home, ignore_errors=True)
+            pass
+        kill(process.proc)
+        shutil.rmtree(process.scratch, ignore_errors=True)
 
 
 def waiting_count() -> int:
@@ -98,26 +82,22 @@ def waiting_count() -> int:
         return sum(1 for p in _waiting.values() if p.proc.poll() is None)
 
 
-def _start(key: str, env: dict[str, str]) -> None:
-    """Start the standby process for `env` (the lock is held)."""
-    home = Path(tempfile.mkdtemp(prefix="autokernel-standby-"))
-    with open(home / "standby.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "autokernel_ci.harness.worker", "--standby"],
-                                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home,
-                                start_new_session=True)
-    _waiting[key] = Standby(proc, home)
+def _start(key: str, env: dict[str, str], mounts: bwrap.Mounts | None, mode: str, work_dir) -> None:
+    """Start the standby process for `key` (the lock is held)."""
+    _waiting[key] = spawn(env, mounts, mode, work_dir=work_dir)
     while len(_waiting) > MAX_PROCESSES:
         _, oldest = _waiting.popitem(last=False)
         threading.Thread(target=_discard, args=(oldest,), daemon=True).start()
 
 
-def _discard(process: Standby) -> None:
+def _discard(process: Process) -> None:
     _close_stdin(process.proc)  # EOF: a waiting process exits on its own
     try:
         process.proc.wait(timeout=2)
     except subprocess.TimeoutExpired:
-        _kill(process.proc)
-    shutil.rmtree(process.home, ignore_errors=True)
+        pass
+    kill(process.proc)
+    shutil.rmtree(process.scratch, ignore_errors=True)
 
 
 def _close_stdin(proc: subprocess.Popen) -> None:
@@ -128,16 +108,10 @@ def _close_stdin(proc: subprocess.Popen) -> None:
         pass
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, 9)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def _key(env: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(sorted(env.items())).encode()).hexdigest()
+def _key(env: dict[str, str], mounts: bwrap.Mounts | None, mode: str) -> str:
+    shown = [sorted(env.items()), mode, [[str(p) for p in part] if isinstance(part, tuple) else part
+                                         for part in (mounts.key() if mounts else ())]]
+    return hashlib.sha256(json.dumps(shown).encode()).hexdigest()
 
 
 atexit.register(shutdown)

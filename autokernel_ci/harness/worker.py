@@ -1,20 +1,26 @@
-"""The worker: the only process that imports and runs a candidate.
+"""The worker: the only process that imports and runs a candidate, always inside the sandbox.
 
-    python -m autokernel_ci.harness.worker REQUEST.json
-    python -m autokernel_ci.harness.worker --standby     # imports first, then the request's path on stdin
+    python -m autokernel_ci.harness.worker      # the request comes on stdin, the results go out on fd 3
 
-It draws each case's inputs from the seed in the request, calls the candidate, and writes back the
-outputs (`case_<i>.pt`) and what it observed (`result.json`): exceptions, inputs that changed, the
-torch operators the call ran, any change to the module state the harness relies on, and, when asked,
-timings. It decides nothing: the parent judges, out of the candidate's reach. Exit codes: 0 done,
-3 the candidate failed to import; anything else (a signal, an early os._exit) is a crash.
+It imports what every worker needs first, then reads one request (a JSON line) on stdin; a worker
+started ahead of time (`harness.standby`) waits there. It learns each case just in time: the parent
+sends a case's shape, dtype and seed only after the previous case's result arrived, so nothing
+about a future case can be read before it runs. Each result goes back as a message on fd 3
+(`harness.stream`): the outputs as raw tensor bytes and what it observed (exceptions, inputs that
+changed, the torch operators the call ran, changes to the module state the harness relies on,
+timings). It decides nothing: the parent judges, out of the candidate's reach, what it received
+before the last message; anything written afterwards (an `atexit` hook, a finalizer) makes the run a
+crash, and no file the worker writes is ever read.
 
-With no candidate in the request it times the baselines instead (eager reference, vendor op,
-`torch.compile` of the reference), in a process the candidate never touched.
-
-With `"mode": "ab"` it times candidates against each other instead (`_run_ab`): the pull-request
-gate's base and head, imported as two modules of this one process and timed in interleaved rounds
-on the same inputs, so drift in clocks and temperature falls on both alike.
+Modes (the request's `mode`):
+- `eval` (default): the candidate on the cases it is sent, then the timing plan, if any.
+- `baselines`: no candidate; times the eager reference, vendor op and `torch.compile` of the reference.
+- `reference`: no candidate; the task's own reference and input factory (a config task's or a
+  KernelBench file's: repository code, so it runs here and never in the parent) on each case it is
+  sent, in float64, returning the reference outputs.
+- `ab`: candidates against each other (`_run_ab`): the pull-request gate's base and head, imported as
+  two modules of this one process and timed in interleaved rounds on the same inputs.
+Exit codes: 0 done, 3 the candidate failed to import; anything else is a crash.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROTOCOL = 1
+PROTOCOL = 2
 EXIT_IMPORT_FAILED = 3
+RESULT_FD = int(os.environ.get("AUTOKERNEL_RESULT_FD", "3"))
 
 
 @dataclass
@@ -46,42 +53,71 @@ class _Context:
 _STARTED = time.perf_counter()  # the interpreter is up: what came before is Python's own start
 
 
-def main(argv: list[str]) -> int:
-    request = json.loads(Path(argv[0]).read_text())
-    out_dir = Path(request["out_dir"])
+def send(header: dict[str, Any], tensors: tuple[Any, ...] = ()) -> None:
+    from autokernel_ci.harness.stream import send as _send
+
+    _send(RESULT_FD, header, tensors)
+
+
+def _next_line() -> dict[str, Any] | None:
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    return json.loads(line)
+
+
+def main() -> int:
     phases: dict[str, float] = {}
     mark = _Stopwatch(phases)
-
     import torch
     import triton  # noqa: F401 - imported here so its cost is counted apart from the candidate's
+    import triton.language  # noqa: F401
 
-    from autokernel_ci.harness import anticheat
+    from autokernel_ci.harness import anticheat, correctness  # noqa: F401
     from autokernel_ci.tasks import task_inputs_from_wire
 
-    wire = request["task"]
-    make_inputs, task_module = task_inputs_from_wire(wire)
-    ctx = _Context(torch, anticheat, make_inputs, task_module, wire, request["device"], out_dir)
     mark("imports")
-    if request.get("mode") == "ab":
-        return _run_ab(ctx, request)
-    result: dict[str, Any] = {"protocol": PROTOCOL, "cases": [], "module_state": [], "import_error": None,
-                              "timings": [], "baselines": [], "gpu": _gpu_identity(torch, ctx.device),
-                              "phases_s": phases}
-    mark("cuda_init")
-    if request.get("candidate") is None:
-        result["baselines"] = _time_baselines(ctx, request.get("timing") or {})
-        mark("baselines")
-        _write_result(out_dir, result)
+    waited = time.perf_counter()
+    first = _next_line()
+    if first is None:  # a standby worker told to leave
         return 0
+    if time.perf_counter() - waited > 0.05:  # started ahead (harness.standby): the imports were done before
+        phases["imported_ahead"] = phases.pop("imports")
+        phases["imports"] = 0.0
+    mark.last = time.perf_counter()  # phases count from the request, not from the wait
+    request = first["request"]
+    out_dir = Path.cwd()
+    mode = request.get("mode") or ("baselines" if request.get("candidate") is None else "eval")
+    wire = request["task"]
+    try:
+        make_inputs, task_module = task_inputs_from_wire(wire, reference=mode == "reference")
+    except BaseException as exc:  # noqa: BLE001 - the task's own code failed: say where
+        send({"type": "task_error", "error": _describe(exc, user_code=True)})
+        send({"type": "done"})
+        return 0
+    ctx = _Context(torch, anticheat, make_inputs, task_module, wire, request["device"], out_dir)
+    mark("task")
+    if mode == "ab":
+        return _run_ab(ctx, request)
+    _warm_device(ctx)
+    send({"type": "ready", "gpu": _gpu_identity(torch, ctx.device)})
+    mark("cuda_init")
+    if mode == "baselines":
+        send({"type": "baselines", "baselines": _time_baselines(ctx, request.get("timing") or {})})
+        mark("baselines")
+        send({"type": "done", "phases_s": phases})
+        return 0
+    if mode == "reference":
+        return _serve_reference(ctx)
 
     state_before = anticheat.snapshot_module_state()
     try:
         entry = _import_candidate(Path(request["candidate"]), wire["entry"])
     except BaseException as exc:  # noqa: BLE001 - anything at import is the candidate's failure
-        result["import_error"] = _describe(exc)
-        _write_result(out_dir, result)
+        send({"type": "imported", "import_error": _describe(exc)})
+        send({"type": "done"})
         return EXIT_IMPORT_FAILED
-    result["module_state"] += _state_changes(anticheat, state_before)
+    send({"type": "imported", "import_error": None, "module_state": _state_changes(anticheat, state_before)})
     mark("candidate_import")
 
     # Poison: with deterministic algorithms on, torch.empty fills new float memory with NaN, so an
@@ -91,20 +127,93 @@ def main(argv: list[str]) -> int:
         torch.utils.deterministic.fill_uninitialized_memory = True
     from autokernel_ci.harness.correctness import Case
 
-    with open(out_dir / "progress.log", "a", buffering=1) as progress:
-        for raw in request["cases"]:
-            case = Case(**raw)
-            progress.write(f"{case.index}\n")
-            result["cases"].append(_run_case(ctx, case, entry))
+    clean = True
+    while True:
+        line = _next_line()
+        if line is None or "case" not in line:
+            break
+        case = Case(**line["case"])
+        report, outs = _run_case(ctx, case, entry)
+        clean = clean and not (report["error"] or report["output_problem"])
+        send({"type": "case", "report": report}, outs)
     mark("cases")
-    if request.get("timing") and not any(c["error"] or c["output_problem"] for c in result["cases"]):
+    timing = line.get("timing") if line else None
+    if timing and clean:
         torch.use_deterministic_algorithms(False)
-        result["timings"] = _time_candidate(ctx, entry, request["timing"])
+        rows, checked = _time_candidate(ctx, entry, timing)
+        for sample in checked:
+            send({"type": "timed_output", **{k: v for k, v in sample.items() if k != "outputs"}}, sample["outputs"])
+        send({"type": "timings", "timings": rows})
         mark("timing")
-    result["module_state"] += _state_changes(anticheat, state_before)
+    send({"type": "state", "module_state": _state_changes(anticheat, state_before)})
     mark("module_state")
-    _write_result(out_dir, result)
+    send({"type": "done", "phases_s": phases})
     return 0
+
+
+def _warm_device(ctx: _Context) -> None:
+    """Touch the device before any candidate runs, so that the threads CUDA starts are in the baseline
+    the parent takes when the worker says it is ready."""
+    torch = ctx.torch
+    if ctx.device == "cuda":
+        x = torch.ones(16, device="cuda")
+        (x * 2).sum().item()
+        torch.cuda.synchronize()
+
+
+def _serve_reference(ctx: _Context) -> int:
+    """Each case: the task's inputs from its seed, the reference on float64 copies, the outputs back."""
+    from autokernel_ci.harness.correctness import Case, make_case_inputs, to_float64
+
+    torch = ctx.torch
+    recorded = False
+    while True:
+        line = _next_line()
+        if line is None or "case" not in line:
+            break
+        case = Case(**line["case"])
+        header: dict[str, Any] = {"type": "reference", "index": case.index, "error": None, "ops": None}
+        outs: tuple[Any, ...] = ()
+        try:
+            args = make_case_inputs(ctx.make_inputs, case, ctx.device)
+        except BaseException as exc:  # noqa: BLE001 - the user's input factory failed: say where
+            header["error"] = f"the task's input factory raised {_describe(exc, user_code=True)}"
+            send(header)
+            continue
+        header["in_dtype"] = next((str(a.dtype).removeprefix("torch.") for a in args
+                                   if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+        header["input_bytes"] = sum(a.numel() * a.element_size() for a in args if isinstance(a, torch.Tensor))
+        header["kind_problem"] = _kind_problem(case.kind, args)
+        try:
+            recorder = ctx.anticheat.OpRecorder()
+            with torch.no_grad(), recorder:
+                out = _reference_call(ctx, case, to_float64(args))
+            if not recorded:  # what the reference runs: a KernelBench ModelNew may not run the same
+                header["ops"] = sorted(recorder.counts())
+                recorded = True
+            outs = tuple(o.detach() for o in (out if isinstance(out, tuple) else (out,)))
+        except BaseException as exc:  # noqa: BLE001 - the user's reference failed: say where
+            header["error"] = f"the task's reference raised {_describe(exc, user_code=True)}"
+            outs = ()
+        send(header, outs)
+    send({"type": "done"})
+    return 0
+
+
+def _reference_call(ctx: _Context, case: Any, args: tuple[Any, ...]):
+    if ctx.wire["kind"] == "kernelbench":
+        from autokernel_ci.tasks import kernelbench_reference
+
+        return kernelbench_reference(ctx.task_module)(*args, seed=case.seed)
+    return ctx.task_module(*args)
+
+
+def _kind_problem(kind: str, args: tuple[Any, ...]) -> str | None:
+    """Whether the inputs look like their kind (harness.correctness.input_kind_problem, where it exists)."""
+    from autokernel_ci.harness import correctness
+
+    check = getattr(correctness, "input_kind_problem", None)
+    return check(kind, args) if check is not None else None
 
 
 class _Stopwatch:
@@ -150,7 +259,8 @@ def _callable_for(ctx: _Context, entry: Any, seed: int):
     return kernelbench_model(ctx.task_module, entry, seed, ctx.device)
 
 
-def _run_case(ctx: _Context, case: Any, entry: Any) -> dict[str, Any]:
+def _run_case(ctx: _Context, case: Any, entry: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """One case: its report and, when the call returned plain tensors on the right device, its outputs."""
     from autokernel_ci.harness.correctness import make_case_inputs
 
     torch = ctx.torch
@@ -168,28 +278,41 @@ def _run_case(ctx: _Context, case: Any, entry: Any) -> dict[str, Any]:
         fn = _callable_for(ctx, entry, case.seed)
         with torch.no_grad(), recorder:
             out = fn(*args)
+            outs = out if type(out) is tuple else (out,)
+            # Read the result through the class, never through its instance: a tensor whose instance
+            # attribute `detach` computes the answer after the recorder closed gets no say here.
+            problems = _output_problems(ctx, outs)
+            copies = () if problems else tuple(_copy(torch, o) for o in outs)
         if ctx.device == "cuda":
             torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - the candidate's exception is evidence, not our failure
         report["error"] = _describe(exc)
-        return report
+        return report, ()
     finally:
         report["seconds"] = time.perf_counter() - start
         report["ops"] = dict(recorder.counts())
     report["inputs_changed"] = [i for i, (a, p) in enumerate(zip(args, pristine))
                                 if isinstance(a, torch.Tensor) and not _same_bits(torch, a, p)]
-    outs = out if isinstance(out, tuple) else (out,)
+    if problems:
+        report["output_problem"] = "; ".join(problems)
+        return report, ()
+    return report, copies
+
+
+def _copy(torch: Any, out: Any) -> Any:
+    base = torch._C.TensorBase
+    return base.clone(base.detach(out))
+
+
+def _output_problems(ctx: _Context, outs: tuple[Any, ...]) -> list[str]:
+    torch = ctx.torch
     problems = []
     for i, o in enumerate(outs):
         if type(o) is not torch.Tensor:
             problems.append(f"output {i} is a {type(o).__module__}.{type(o).__name__}, not a plain torch.Tensor")
-        elif o.device.type != torch.device(ctx.device).type:
+        elif torch._C.TensorBase.__dict__["device"].__get__(o).type != torch.device(ctx.device).type:
             problems.append(f"output {i} is on {o.device}, expected {ctx.device}")
-    if problems:
-        report["output_problem"] = "; ".join(problems)
-        return report
-    torch.save(tuple(o.detach().to("cpu", copy=True) for o in outs), ctx.out_dir / f"case_{case.index}.pt")
-    return report
+    return problems
 
 
 def _input_sets(ctx: _Context, shape: dict[str, int], dtype: str, seed: int, count: int) -> list[tuple[Any, ...]]:
@@ -204,16 +327,51 @@ def _timing_options(plan: dict[str, Any]) -> dict[str, Any]:
     return {k: plan[k] for k in keys if k in plan}
 
 
-def _time_candidate(ctx: _Context, entry: Any, plan: dict[str, Any]) -> list[dict[str, Any]]:
+def _time_candidate(ctx: _Context, entry: Any, plan: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict]]:
+    """The timings per shape, and the outputs of the timed calls the parent picked (`check_calls`, sent
+    only when timing starts): a candidate that is right while checked and wrong while timed is caught."""
     from autokernel_ci.harness.timing import time_fn
 
-    out = []
-    for shape in plan["shapes"]:
+    out, checked = [], []
+    picks = set(int(k) for k in plan.get("check_calls", ()))
+    for index, shape in enumerate(plan["shapes"]):
         sets = _input_sets(ctx, shape, plan["dtype"], plan.get("seed", 1), plan.get("input_sets", 1))
         fn = _callable_for(ctx, entry, plan.get("seed", 1))
-        samples = time_fn(fn, input_sets=sets, device=ctx.device, **_timing_options(plan))
+        sampled = _Sampled(ctx, fn, sets, picks, index, checked)
+        samples = time_fn(sampled, input_sets=sets, device=ctx.device, **_timing_options(plan))
+        if sampled.last is not None and plan.get("check_calls") and not _output_problems(ctx, sampled.last[1]):
+            which, outs, call = sampled.last  # and the last timed call, whichever it was
+            checked.append({"shape_index": index, "input_set": which, "call": call,
+                            "outputs": tuple(_copy(ctx.torch, o) for o in outs)})
         out.append({"shape": shape, "dtype": plan["dtype"], **samples.to_dict()})
-    return out
+    return out, checked
+
+
+class _Sampled:
+    """The candidate as the timer calls it, keeping a copy of the outputs of the picked calls."""
+
+    def __init__(self, ctx: _Context, fn: Any, sets: list[tuple[Any, ...]], picks: set[int], shape_index: int,
+                 into: list[dict]) -> None:
+        self.ctx, self.fn, self.sets, self.picks, self.shape_index, self.into = ctx, fn, sets, picks, shape_index, into
+        self.calls = 0
+        self.last: tuple[int, tuple[Any, ...], int] | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        out = self.fn(*args)
+        self.calls += 1
+        torch = self.ctx.torch
+        capturing = self.ctx.device == "cuda" and torch.cuda.is_current_stream_capturing()
+        if capturing:
+            return out
+        outs = out if type(out) is tuple else (out,)
+        which = next((k for k, s in enumerate(self.sets) if s and args and s[0] is args[0]), None)
+        if which is not None:
+            self.last = (which, outs, self.calls)
+        if self.calls in self.picks:
+            if which is not None and not _output_problems(self.ctx, outs):
+                self.into.append({"shape_index": self.shape_index, "input_set": which, "call": self.calls,
+                                  "outputs": tuple(_copy(torch, o) for o in outs)})
+        return out
 
 
 def _time_baselines(ctx: _Context, plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -265,7 +423,7 @@ def _run_ab(ctx: _Context, request: dict[str, Any]) -> int:
     b and the number of rounds) and the timing plan (`timing`). Per shape, every candidate is first
     called once untimed; one that fails to import or raises is reported under its label and left out,
     the others go on. Every round's samples go back: the parent decides, out of the candidates' reach.
-    `progress.log` names each step as it starts, so a crash that kills the process can be blamed.
+    A `progress` message names each step as it starts, so a crash that kills the process can be blamed.
     """
     from autokernel_ci.harness.timing import ABTimer
 
@@ -273,7 +431,8 @@ def _run_ab(ctx: _Context, request: dict[str, Any]) -> int:
     result: dict[str, Any] = {"protocol": PROTOCOL, "mode": "ab", "import_errors": {}, "shapes": []}
     plan = request["timing"]
     seed = plan.get("seed", 1)
-    with open(ctx.out_dir / "progress.log", "a", buffering=1) as progress:
+    if True:
+        progress = _Progress()
         entries = {}
         for label, path in request["candidates"].items():
             progress.write(f"import {label}\n")
@@ -311,8 +470,14 @@ def _run_ab(ctx: _Context, request: dict[str, Any]) -> int:
                     record["comparisons"][name] = {"error": _describe(exc)}
             result["shapes"].append(record)
             del sets, fns
-    _write_result(ctx.out_dir, result)
+    send({"type": "ab", "result": result})
+    send({"type": "done"})
     return 0
+
+
+class _Progress:
+    def write(self, text: str) -> None:
+        send({"type": "progress", "step": text.strip()})
 
 
 def _forget_sibling_modules(folder: Path, before: set[str]) -> None:
@@ -335,53 +500,25 @@ def _same_bits(torch, a, b) -> bool:
     return bool(torch.equal(a, b))
 
 
-def _describe(exc: BaseException) -> str:
-    """One line naming the exception and where in the candidate it came from."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "autokernel_ci" not in f.filename]
-    where = f" (line {frames[-1].lineno} of {Path(frames[-1].filename).name})" if frames else ""
+def _describe(exc: BaseException, user_code: bool = False) -> str:
+    """One line naming the exception and where in the candidate (or, `user_code`, in the task's own
+    reference or input factory: then with the file's path) it came from."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "autokernel_ci" not in f.filename and "site-packages" not in f.filename
+              and not f.filename.startswith("<")]
+    name = (lambda f: f.filename) if user_code else (lambda f: Path(f.filename).name)
+    where = f" (line {frames[-1].lineno} of {name(frames[-1])})" if frames else ""
     if isinstance(exc, SyntaxError):
         where = f" (line {exc.lineno})"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}{where}"[:500]
 
 
-def _write_result(out_dir: Path, result: dict[str, Any]) -> None:
-    tmp = out_dir / "result.json.tmp"
-    tmp.write_text(json.dumps(result, allow_nan=True))
-    os.replace(tmp, out_dir / "result.json")
-
-
-def standby() -> int:
-    """`--standby` (harness.standby): import what every worker imports, then wait for one request's path
-    on stdin and serve it as `main` would, with its output in the request's worker.log. EOF: exit."""
-    global _STARTED
-    import torch  # noqa: F401
-    import triton  # noqa: F401
-    import triton.language  # noqa: F401
-
-    from autokernel_ci.harness import anticheat, correctness  # noqa: F401
-    from autokernel_ci.tasks import task_inputs_from_wire  # noqa: F401
-
-    line = sys.stdin.readline().strip()
-    if not line:
-        return 0
-    request_path = Path(line)
-    out_dir = Path(json.loads(request_path.read_text())["out_dir"])
-    home = os.getcwd()
-    os.chdir(out_dir)
-    sys.path[:] = [str(out_dir) if entry == home else entry for entry in sys.path]  # as if started there
-    log = os.open(out_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    _STARTED = time.perf_counter()  # its phases count from the request, not from the wait
-    return main([str(request_path)])
-
-
 def _entry(argv: list[str]) -> int:
-    if argv == ["--standby"]:
-        return standby()
-    return main(argv)
+    if argv:
+        print("usage: python -m autokernel_ci.harness.worker  (the request comes on stdin)", file=sys.stderr)
+        return 2
+    return main()
 
 
 def _profiled(argv: list[str], where: str) -> int:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from autokernel_ci.gate import NOT_MEASURED, GateReport, ShapeComparison, TaskVerdict
 
 COLUMNS = ("task", "verdict", "base µs", "head µs", "change", "99 % interval", "threshold (noise)", "rounds")
-_ORDER = {"fail": 0, "regression": 1, "error": 2, "inconclusive": 3, "improvement": 4, "new": 5, "removed": 6,
-          "pass": 7}
+_ORDER = {"policy-changed": -1, "fail": 0, "regression": 1, "error": 2, "removed": 2.5, "inconclusive": 3,
+          "improvement": 4, "new": 5, "pass": 7}
 _STYLE = {"fail": "bold red", "regression": "bold red", "error": "bold red", "inconclusive": "yellow",
-          "improvement": "green", "pass": "green", "new": "cyan", "removed": "dim"}
+          "improvement": "green", "pass": "green", "new": "cyan", "removed": "bold red", "policy-changed": "bold red"}
 
 
 def headline(report: GateReport) -> str:
@@ -33,6 +33,8 @@ def status_description(report: GateReport) -> str:
 
 def render_markdown(report: GateReport) -> str:
     lines = [f"## {headline(report)}", "", _context_line(report), ""]
+    if report.merge_base:
+        lines += [compared_line(report), ""]
     if not report.timings_measured:
         lines += ["> **Timings were not measured**: there is no GPU on this runner. Every kernel ran under the "
                   "Triton interpreter for correctness only; interpreter timings say nothing about GPU speed, so "
@@ -48,6 +50,7 @@ def render_markdown(report: GateReport) -> str:
             word = f"**{task.verdict}**" if task.blocking else task.verdict
             lines.append(f"- `{task.task}`{where}: {word}. {_one_line(task.reason)}")
         lines.append("")
+    lines += policy_section(report)
     if report.unchanged:
         names = ", ".join(f"`{n}`" for n in report.unchanged)
         lines += [f"Unchanged between base and head, not gated: {names} (`--all` gates every task).", ""]
@@ -70,12 +73,47 @@ def _context_line(report: GateReport) -> str:
             f"{len(report.unchanged)} unchanged · {took}")
 
 
+def compared_line(report: GateReport) -> str:
+    """Which commits were compared: the head's changes since the merge base; policy and timing from the base."""
+    if report.merge_base and report.merge_base != report.base_sha:
+        since = (f"the merge base `{report.merge_base[:12]}` (the base moved on since the head branched; what "
+                 "the base gained after it is not the head's)")
+    else:
+        since = f"the merge base `{report.merge_base[:12]}`, the base itself"
+    return (f"Tasks gated: those the head changed since {since}. Policy and timing: base `{report.base_sha[:12]}` "
+            f"against head `{report.head_sha[:12]}`.")
+
+
+def policy_section(report: GateReport) -> list[str]:
+    """The policy keys the head changed, base and head value side by side, and what lifts the block."""
+    if not report.policy_changes:
+        return []
+    accepted = next((v.accepted_by for v in report.verdicts if v.verdict == "policy-changed" and v.accepted_by), "")
+    state = (f"accepted: {accepted}" if accepted else
+             f"blocks until a user with write access, other than the author, approves head `{report.head_sha[:12]}`")
+    lines = [f"**Policy changed by the head** ({state}). The head was judged by the base's policy "
+             f"(`{report.config}` of base `{report.base_sha[:12]}`), not by its own.", "",
+             "| policy key | base | head |", "| --- | --- | --- |"]
+    for change in report.policy_changes:
+        lines.append(f"| `{_one_line(change['key'])}` | {_cell(change['base'])} | {_cell(change['head'])} |")
+    return lines + [""]
+
+
+def _cell(value) -> str:
+    import json
+
+    if value is None:
+        return "(not set)"
+    text = value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
+    return f"`{_one_line(text)}`"
+
+
 def _sorted(verdicts: list[TaskVerdict]) -> list[TaskVerdict]:
     return sorted(verdicts, key=lambda t: (_ORDER.get(t.verdict, 9), t.task))
 
 
 def _rows(task: TaskVerdict, measured: bool) -> list[list[str]]:
-    word = f"**{task.verdict}**" if task.blocking else task.verdict
+    word = f"**{task.verdict}**" if task.blocking else task.verdict + (" (accepted)" if task.accepted_by else "")
     if not task.shapes:
         timing = NOT_MEASURED if not measured and task.verdict in ("pass", "inconclusive") else "–"
         return [[f"`{task.task}`", word, "–", "–", timing, "–", "–", "–"]]
@@ -138,6 +176,13 @@ def print_gate_report(report: GateReport, console=None) -> None:
         console.print(table)
         for task in _sorted(report.verdicts):
             console.print(f"  [{_STYLE.get(task.verdict, '')}]{task.task}[/]: {escape(' '.join(task.reason.split()))}")
+    if report.policy_changes:
+        console.print("[bold red]policy changed by the head[/] (judged by the base's policy):")
+        for change in report.policy_changes:
+            console.print(f"  {escape(change['key'])}: {escape(_cell(change['base']))} → "
+                          f"{escape(_cell(change['head']))}".replace("`", ""))
+    if report.merge_base:
+        console.print(f"[dim]{escape(compared_line(report).replace('`', ''))}[/]")
     if report.unchanged:
         console.print(f"[dim]unchanged, not gated: {', '.join(report.unchanged)} (--all gates every task)[/]")
     for note in report.notes:

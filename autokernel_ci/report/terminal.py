@@ -38,6 +38,8 @@ def print_eval_result(result: EvalResult, console=None) -> None:
         from rich.markup import escape
 
         console.print(f"reproduce: {escape(result.reproduce)}")
+    if result.sandbox and result.sandbox != "bubblewrap":
+        console.print(f"[yellow]ran {result.sandbox}: no OS sandbox isolated the candidate[/]")
     if result.stages:
         table = Table(show_edge=False, pad_edge=False, box=None)
         for col in ("stage", "checks", "result", "worst abs err", "worst rel err", "notes"):

@@ -287,6 +287,11 @@ def _shape_list(spec, shapes) -> str:
 def _reference_source(task: KernelTask) -> str:
     import inspect
 
+    from autokernel_ci.tasks import InSandbox
+
+    if isinstance(task.spec.reference, InSandbox):  # the user's own code: read, never imported here
+        parts = [task.spec.reference.source_text(), getattr(task.spec.make_inputs, "source_text", lambda: "")()]
+        return "\n\n".join(p.rstrip() for p in parts if p) or f"# reference: {task.spec.reference.target}"
     try:
         if task.kernelbench is not None:
             return Path(task.kernelbench).read_text(encoding="utf-8")
