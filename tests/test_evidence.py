@@ -145,8 +145,8 @@ def test_an_exception_in_the_users_input_factory_is_reported_as_that_with_file_a
     with pytest.raises(TaskError) as err:
         evaluate(task, task.path, device="cpu", stages=("smoke", "shapes"))
     message = str(err.value)
-    assert message.startswith("the input factory refs:make_inputs raised ValueError: no rows of 5 here")
-    assert f"{tmp_path / 'refs.py'}, line 10" in message and "CRASH" not in message
+    assert "input factory raised ValueError: no rows of 5 here" in message and "CRASH" not in message
+    assert str(tmp_path / "refs.py") in message and "line 10" in message
 
 
 def test_an_exception_in_the_users_reference_is_reported_as_that_on_the_command_line(tmp_path: Path) -> None:
@@ -159,8 +159,8 @@ def test_an_exception_in_the_users_reference_is_reported_as_that_on_the_command_
                           str(task.path), "--config", str(config), "--device", "cpu"], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert "the reference of double raised AttributeError" in run.stderr
-    assert f"{tmp_path / 'refs.py'}, line 14" in run.stderr
+    assert "reference raised AttributeError" in run.stderr and "CRASH" not in run.stdout + run.stderr
+    assert str(tmp_path / "refs.py") in run.stderr and "line 14" in run.stderr
 
 
 SIGN_REFS = '''
