@@ -270,9 +270,9 @@ def test_a_config_tasks_own_kernel_is_swapped_for_the_module_or_function_it_name
 def test_profile_runs_the_model_with_a_config_tasks_kernel_swapped_in(custom_repo: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "autokernel_ci", "profile", "--model", "net", "--config",
                           str(custom_repo / ".autokernel.yml"), "--swap", "gelu=mynet:Gelu", "--steps", "1",
-                          "--warmup", "0", "--device", "cpu", "--json", str(custom_repo / "plan.json")],
+                          "--warmup", "0", "--device", "cpu", "--json", str(custom_repo / "out" / "plan.json")],
                          cwd=custom_repo, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    swapped = json.loads((custom_repo / "plan.json").read_text())["swapped"]
+    swapped = json.loads((custom_repo / "out" / "plan.json").read_text())["swapped"]
     assert len(swapped) == 1 and swapped[0].startswith("gelu in place of mynet:Gelu: 1 module(s), ")
     assert not swapped[0].endswith(" 0 kernel call(s)") and "swapped in: gelu" in run.stdout
