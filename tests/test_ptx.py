@@ -109,9 +109,11 @@ def make_inputs(shape, dtype, generator, kind="normal"):
 
 
 def test_a_custom_kernel_named_in_the_config_is_inspected_with_its_own_inputs_and_entry(tmp_path: Path):
-    (tmp_path / "gelu.py").write_text(GELU_KERNEL)
-    (tmp_path / "gelu_refs.py").write_text(GELU_REFS)
-    config = tmp_path / ".autokernel.yml"
+    repo = tmp_path / "repo"  # apart from the output folder: in the sandbox the repository is read-only
+    repo.mkdir()
+    (repo / "gelu.py").write_text(GELU_KERNEL)
+    (repo / "gelu_refs.py").write_text(GELU_REFS)
+    config = repo / ".autokernel.yml"
     config.write_text("version: 1\nkernels:\n  - name: gelu\n    path: gelu.py\n    entry: launch\n"
                       "    reference: gelu_refs:reference\n    inputs: gelu_refs:make_inputs\n"
                       "    shapes: [{rows: 7, dim: 33}, {rows: 64, dim: 4096}]\n")
@@ -119,5 +121,6 @@ def test_a_custom_kernel_named_in_the_config_is_inspected_with_its_own_inputs_an
     assert done.returncode == 0, done.stderr[-3000:]
     assert [s["kernel"] for s in summaries] == ["_gelu_kernel"]
     assert done.stdout.startswith("gelu 64×4096 bf16, ")  # the largest test shape, as no bench shape is given
+    (tmp_path / "ptx.json").unlink()  # an output that exists is mounted read-only like any named file
     odd, summaries = inspect(tmp_path, "--task", "gelu", "--config", str(config), "--shape", "rows=3,dim=5")
     assert odd.returncode == 0 and summaries[0]["instructions"] > 0, odd.stderr[-2000:]

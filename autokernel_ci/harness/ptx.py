@@ -210,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--json", type=Path, help="write the summaries here")
     args = parser.parse_args(argv)
+    from autokernel_ci.harness import bwrap
+
+    inside = os.environ.get(bwrap.INSIDE_ENV) == "1"
+    if inside:
+        os.environ.pop("TRITON_INTERPRET", None)  # the sandbox's CPU environment sets it; compiling needs the JIT
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("TRITON_INTERPRET=1 replaces Triton's JIT: run this without it")
     import tempfile
@@ -231,6 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         if task.kind == "kernelbench":
             parser.error(f"{args.task} is a KernelBench task: its ModelNew is not a kernel_fn to inspect")
         spec, entry, default_path, label = task.spec, task.entry, task.path, task.name
+        from autokernel_ci.tasks import InSandbox, task_inputs_from_wire
+
+        if isinstance(spec.make_inputs, InSandbox):  # the input factory is repository code
+            if not inside and bwrap.sandbox_mode() == "bwrap":
+                # Run this whole command in the sandbox, as profile and verify do.
+                return bwrap.run_command_inside(list(sys.argv[1:] if argv is None else argv), [args.json],
+                                                module="autokernel_ci.harness.ptx")
+            from dataclasses import replace
+
+            spec = replace(spec, make_inputs=task_inputs_from_wire(task.to_wire())[0])
     elif args.op not in OP_NAMES:
         parser.error(f"unknown op {args.op!r}; built-in ops: {', '.join(OP_NAMES)}")
     else:
@@ -271,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{_widths(s.global_loads)}, stores {_widths(s.global_stores)}; shared ld/st {s.shared_loads}/"
               f"{s.shared_stores}, barriers {s.barriers}, special-function ops {s.special}")
     if args.json:
-        args.json.write_text(json.dumps([s.to_dict() for s in summaries], indent=1))
+        try:
+            args.json.write_text(json.dumps([s.to_dict() for s in summaries], indent=1))
+        except OSError as exc:
+            print(f"error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return 0
 
 
