@@ -61,7 +61,7 @@ DEFAULT_OUT = "autokernel-out"
 BOT_NAME = "autokernel-ci"
 BOT_EMAIL = "autokernel-ci@users.noreply.github.com"
 RUN_FILES = ("results.jsonl", "results.tsv", "best.json", "summary.md", "progress.png", "experiments", "llm")
-TSV_COLUMNS = ("n", "task", "verdict", "status", "speedup_vs_start", "vs_best", "pct_roofline", "score_us",
+TSV_COLUMNS = ("n", "task", "verdict", "status", "stage", "speedup_vs_start", "vs_best", "pct_roofline", "score_us",
                "duration_s", "representative", "commit", "description", "message")
 SCREEN_STAGES = ("smoke", "shapes", "stability")
 NOISE_CONFIDENCE = 0.95
@@ -323,12 +323,18 @@ class ResultsLog:
 
 def _tsv_values(row: Experiment) -> list[Any]:
     vs_best = (1.0 / row.gate_ratio if row.gate_ratio else 1.0 / row.ratio if row.ratio else None)
-    speedup = row.gate_speedup_vs_start or row.speedup_vs_start
-    return [row.n, row.task, row.verdict, row.status or "", f"{speedup:.3f}" if speedup else "",
+    speedup = row.speedup_vs_start
+    score = decided_score_us(row)
+    return [row.n, row.task, row.verdict, row.status or "", row.stage or "", f"{speedup:.3f}" if speedup else "",
             f"{vs_best:.3f}" if vs_best else "", f"{row.pct_roofline:.1f}" if row.pct_roofline is not None else "",
-            f"{row.score_us:.2f}" if row.score_us else "", f"{row.duration_s:.1f}",
+            f"{score:.2f}" if score else "", f"{row.duration_s:.1f}",
             "yes" if row.representative else "no (CPU interpreter)", (row.commit or "")[:12], row.description,
             row.message[:200]]
+
+
+def decided_score_us(row: Experiment) -> float | None:
+    """The score of the measurement that decided the row: the full gate's where it ran, else the screen's."""
+    return row.gate_score_us if row.stage == "gate" and row.gate_score_us else row.score_us
 
 
 def _tsv_cell(value: Any) -> str:
@@ -531,7 +537,8 @@ class ExperimentLoop:
         self.notes: list[str] = []
         self.incumbent: _Incumbent | None = None
         self.start_result: EvalResult | None = None
-        self.noise: float | None = None
+        self.noise: float | None = None  # run-to-run noise on a GPU; None on the CPU interpreter
+        self.interpreter_spread: float | None = None
         self.stop_reason = ""
         self.interrupted = False
         self.session_start = time.monotonic()
@@ -717,27 +724,28 @@ class ExperimentLoop:
                 else first
             results.update(screen=first, screen_repeat=second)
             if first.passed and second.passed:
-                self.noise = estimate_noise(first, second)
+                spread = estimate_noise(first, second)
+                if self.device == "cpu":
+                    # The interpreter's spread measures the machine's load, not a GPU's run-to-run noise:
+                    # recorded, never used as a threshold (a gain still needs its bootstrap bound below 1).
+                    self.interpreter_spread = spread
+                else:
+                    self.noise = spread
                 screen = pooled(first, second)
                 self.incumbent = _Incumbent(source, screen, gate, n)
                 self.timeout = min(self.settings.timeout, max(self.settings.min_timeout,
                                                              5 * max(gate.duration_s, first.duration_s)))
                 row.score_us, row.gate_score_us = score_us(screen), score_us(gate)
-                row.pct_roofline, row.timings = mean_pct_roofline(first), _timing_rows(gate)
+                row.pct_roofline, row.timings = mean_pct_roofline(gate), _timing_rows(gate)
                 row.threshold = self._threshold()
-                row.message = f"{gate.message}; run-to-run noise {self.noise:.1%}"
+                row.message = f"{gate.message}; " + self._noise_text()
             else:
                 failed = first if not first.passed else second
                 row.status, row.stage, row.message = failed.status.value, "screen", failed.message
         if verdict == "baseline":
             self.start_result = gate
-            start_row = row
-        else:
-            start_row = next((r for r in self.history if r.verdict == "baseline"), row)
-        if row.score_us and start_row.score_us:
-            row.speedup_vs_start = start_row.score_us / row.score_us
         if self.start_result is not None and gate.passed:
-            row.gate_speedup_vs_start = _speedup(self.start_result, gate)
+            row.speedup_vs_start = _speedup(self.start_result, gate)
         row.duration_s = round(time.monotonic() - started, 3)
         self._save_results(n, results)
         self._record(row)
@@ -879,13 +887,12 @@ class ExperimentLoop:
             self._evaluate(stages=self.settings.screen_stages, plan=self.screen_plan)
         results = {"screen": screen}
         self._describe(row, screen, "screen")
+        self._keep_failing_candidate(n, candidate, screen, row)
         if screen.passed:
             cmp = compare(inc.screen, screen, self._threshold(), seed=n)
             row.ratio, row.ratio_hi = cmp.ratio, cmp.hi
             row.score_us = score_us(screen)
-            start = self._start_row()
-            if row.score_us and start and start.score_us:
-                row.speedup_vs_start = start.score_us / row.score_us
+            row.speedup_vs_start = self._on_start_scale(cmp.ratio)
             if not cmp.better:
                 row.verdict = cmp.verdict()
                 row.message = (f"{1 / cmp.ratio:.3f}× the incumbent's speed (lower bound {1 / cmp.hi:.3f}×); a gain "
@@ -897,12 +904,14 @@ class ExperimentLoop:
                 gate = self._evaluate(stages=None, plan=self.plan)
                 results["gate"] = gate
                 self._describe(row, gate, "gate")
+                self._keep_failing_candidate(n, candidate, gate, row)
                 if gate.passed:
                     cmp2 = compare(inc.gate, gate, self._threshold(), seed=n + 1)
                     row.gate_ratio, row.gate_score_us = cmp2.ratio, score_us(gate)
-                    row.gate_speedup_vs_start = _speedup(self.start_result, gate) if self.start_result else None
+                    row.speedup_vs_start = self._on_start_scale(cmp2.ratio)
                     row.timings = _timing_rows(gate)
                     if cmp2.better:
+                        row.speedup_vs_start = _speedup(self.start_result, gate) if self.start_result else None
                         row.verdict = "kept"
                         row.message = f"{1 / cmp2.ratio:.3f}× the incumbent in the full gate; {gate.message}"
                         row.commit = self.ws.commit_kernel(self._commit_message(n, candidate, gate, cmp2))
@@ -914,6 +923,18 @@ class ExperimentLoop:
                                        f"{1 / cmp2.ratio:.3f}× (lower bound {1 / cmp2.hi:.3f}×; a gain must clear "
                                        f"{cmp2.threshold:.1%} noise)")
         self._save_results(n, results)
+
+    def _keep_failing_candidate(self, n: int, candidate: Candidate, result: EvalResult, row: Experiment) -> None:
+        """A FAIL keeps its candidate (the kernel file is put back after the experiment) beside the row, and
+        the row's note says the `eval` command that runs the same failing cases on it again."""
+        if not result.reproduce or result.plan_seed is None:
+            return
+        from autokernel_ci.harness.correctness import STAGES, reproduce_command
+
+        path = self.out_dir / "experiments" / self.task.name / f"{n:04d}{self.task.path.suffix}"
+        write_atomic(path, candidate.source)
+        stages = tuple(self.settings.screen_stages) if row.stage == "screen" else STAGES
+        row.note = "reproduce: " + reproduce_command(self.task, path, result.plan_seed, stages, self.device)
 
     def _rescreen(self) -> EvalResult:
         """Screen the new incumbent once more and hold later candidates to that: the screening run that
@@ -1002,11 +1023,24 @@ class ExperimentLoop:
     def _threshold(self) -> float:
         return max(self.settings.min_gain, self.noise or 0.0)
 
+    def _noise_text(self) -> str:
+        if self.noise is not None:
+            return f"run-to-run noise {self.noise:.1%}"
+        spread = f" (two identical runs differed by {self.interpreter_spread:.1%})" \
+            if self.interpreter_spread is not None else ""
+        return ("no run-to-run noise on the CPU interpreter: its timings follow the machine's load" + spread
+                + f"; a gain must clear {self.settings.min_gain:.1%} with its bootstrap bound below 1")
+
+    def _on_start_scale(self, ratio: float | None) -> float | None:
+        """Start ÷ a candidate, from what the loop compared: the incumbent's full-gate speed-up over the start
+        times the candidate's speed-up over the incumbent. So a candidate judged slower than the incumbent
+        always sits below it, whichever measurement (screen or full gate) judged it."""
+        inc = self.incumbent
+        base = _speedup(self.start_result, inc.gate) if inc is not None and self.start_result is not None else None
+        return base / ratio if base and ratio else None
+
     def _next_n(self) -> int:
         return max((r.n for r in self.history), default=-1) + 1
-
-    def _start_row(self) -> Experiment | None:
-        return next((r for r in self.history if r.verdict == "baseline"), None)
 
     def _record(self, row: Experiment) -> None:
         self.log.append(row)

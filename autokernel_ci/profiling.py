@@ -143,6 +143,7 @@ class Plan:
     created_at: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
     trace: str | None = None
+    swapped: list[str] = field(default_factory=list)  # kernels swapped in before profiling, with their calls
 
     def entry(self, family: str) -> PlanEntry | None:
         return next((e for e in self.entries if e.family == family), None)
@@ -286,8 +287,11 @@ def module_ranges(model: Any) -> Iterator[None]:
 
 def profile_model(target: ModelTarget, *, device: Any = None, steps: int = 3, warmup: int = 2,
                   factory_kwargs: dict[str, Any] | None = None, trace: str | Path | None = None,
-                  ceilings: Any = "auto") -> Plan:
-    """Profile `steps` forwards of the target after `warmup` unrecorded ones; see the module docstring."""
+                  ceilings: Any = "auto", prepare: Callable[[Any], Callable[[], list[str]]] | None = None) -> Plan:
+    """Profile `steps` forwards of the target after `warmup` unrecorded ones; see the module docstring.
+
+    `prepare(model)` runs on the built model before anything is timed (swapping kernels in, say) and
+    returns a function that, after profiling, says what it did (recorded in `Plan.swapped`)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -296,6 +300,7 @@ def profile_model(target: ModelTarget, *, device: Any = None, steps: int = 3, wa
     if steps < 1 or warmup < 0:
         raise AutokernelError(f"need steps ≥ 1 and warmup ≥ 0, got steps={steps}, warmup={warmup}")
     model, args, kwargs = build_model(target, device, factory_kwargs)
+    report = prepare(model) if prepare is not None else None
     on_gpu = next(model.parameters()).device.type == "cuda"
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
@@ -325,6 +330,7 @@ def profile_model(target: ModelTarget, *, device: Any = None, steps: int = 3, wa
     plan.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     plan.environment = info.to_dict()
     plan.trace = str(trace) if trace is not None else None
+    plan.swapped = report() if report is not None else []
     return plan
 
 

@@ -51,6 +51,7 @@ class CaseEvidence:
     atol: float | None = None
     rtol: float | None = None
     message: str = ""
+    kind_problem: str | None = None  # stability: why these inputs do not look like `kind` (None: they do)
 
 
 @dataclass
@@ -59,6 +60,14 @@ class StageEvidence:
     passed: bool
     cases: list[CaseEvidence] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    exercised: bool = True  # False: the cases ran, but not on the inputs the stage is for (see notes)
+
+    @property
+    def verdict(self) -> str:
+        """'pass', 'fail' or 'not exercised' (passed, on inputs that did not test what the stage claims)."""
+        if not self.passed:
+            return "fail"
+        return "pass" if self.exercised else "not exercised"
 
 
 @dataclass
@@ -98,6 +107,8 @@ class EvalResult:
     seeds: list[int] = field(default_factory=list)
     duration_s: float = 0.0
     worker_log: str = ""
+    plan_seed: int | None = None  # the seed `plan_cases` drew every case's seed from
+    reproduce: str = ""  # on FAIL: the `autokernel-ci eval` command that runs the same cases again
     # How the candidate ran: "bubblewrap" (the OS sandbox) or "process (unsandboxed)" (`--sandbox=process`,
     # or a developer's machine without bubblewrap). Every report that shows a result says which.
     sandbox: str = ""
@@ -126,6 +137,7 @@ class EvalResult:
                 passed=s["passed"],
                 cases=[CaseEvidence(**c) for c in s.get("cases", [])],
                 notes=list(s.get("notes", [])),
+                exercised=bool(s.get("exercised", True)),
             )
             for s in data.get("stages", [])
         ]

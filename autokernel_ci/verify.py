@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -198,13 +199,15 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
                  config_path: str | Path | None = None, device: Any = None, seeds: Iterable[int] = (1, 2),
                  time_variants: bool = True, timing: TimingOptions | None = None, compile: bool = True,
                  compile_backend: str = "inductor", fp32_reference: bool = True,
-                 factory_kwargs: dict[str, Any] | None = None,
+                 factory_kwargs: dict[str, Any] | None = None, custom: Mapping[str, str] | None = None,
                  on_step: Callable[[str], None] | None = None) -> VerifyResult:
     """Swap the kernels into the target model and check it; see the module docstring.
 
     `kernels` maps an op to a kernel file (or callable); ops without one take the config's kernel
     entry for the op (`config_path`), else the built-in starter. `ops` defaults to the target's
-    `swap` list, else `runtime.DEFAULT_OPS`. `time_variants=False` skips the timing.
+    `swap` list, else `runtime.DEFAULT_OPS`. `time_variants=False` skips the timing. `custom` maps a kernel
+    task of the config (your own kernel included) to the `module:attr` of the model's code it replaces:
+    a module class (each instance's forward becomes the task's entry function) or a function.
     """
     import torch
 
@@ -226,7 +229,11 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
     patched = copy.deepcopy(model)
     report = runtime.apply(patched, kernels={op: sources.get(op) for op in wanted}, ops=wanted)
     notes: list[str] = []
-    if not report.swaps:
+    extra = [swap_custom(patched, task, where, config_path, target.root) for task, where in (custom or {}).items()]
+    if any(x.kind == "function" for x in extra) and compile:
+        notes.append("a swapped function runs in the eager patched model only; the compiled variants call the "
+                     "original function")
+    if not report.swaps and not extra:
         notes.append(f"no module of {target.name} matched the ops {', '.join(wanted)}: nothing was swapped")
     if not on_gpu:
         notes.append("no GPU: the kernels ran in Triton's interpreter and the timings are not representative")
@@ -247,7 +254,8 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
             ref = model(*a, **kw)
             ref32 = reference32(*_as_fp32(a), **_as_fp32_kw(kw)) if reference32 is not None else None
             eager32 = relative_l2(ref, ref32) if ref32 is not None else None
-            checks.append(_check(label, "patched", patched, a, kw, ref, ref32, eager32, tolerance))
+            with _active(extra):
+                checks.append(_check(label, "patched", patched, a, kw, ref, ref32, eager32, tolerance))
             for name, fn in compiled.items():
                 if name in compile_errors:
                     continue
@@ -264,11 +272,12 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
                 c.gating = False
         notes.append(f"torch.compile failed on the original model ({compile_errors['compile']}); the compiled "
                      "variants are not judged")
-    kernel_calls = report.kernel_calls()
+    kernel_calls = {**report.kernel_calls(), **{x.task: x.kernel_calls for x in extra}}
+    swapped = {**report.ops(), **{x.task: x.replaced for x in extra}}
     timings: dict[str, VariantTiming] = {}
     if time_variants:
         timing = timing or TimingOptions()
-        callables = {"eager": model, "patched": patched, **compiled}
+        callables = {"eager": model, "patched": _with_active(patched, extra), **compiled}
         for name in VARIANTS:
             if name not in callables:
                 continue
@@ -278,22 +287,149 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
             step(f"timing {name}")
             timings[name] = _time(name, callables[name], args, kwargs, timing, "cuda" if on_gpu else "cpu")
     failed = [c for c in checks if c.gating and not c.passed]
+    never_called = never_called_ops(swapped, kernel_calls, report.fallbacks())
     if failed:
         worst = max(failed, key=lambda c: c.rel_l2)
         message = (f"{len(failed)} of {sum(c.gating for c in checks)} output checks failed; worst: {worst.variant} "
                    f"on the {worst.inputs} inputs, relative L2 error {worst.rel_l2:.3g} (tolerance rtol "
                    f"{tolerance[1]:g}, atol {tolerance[0]:g})" + (f": {worst.error}" if worst.error else ""))
+    elif never_called:
+        message = "; ".join(never_called) + " (the outputs matched only because the original ops ran)"
     else:
-        message = f"outputs match the original model on {len(cases)} input sets ({report.summary()})"
+        message = (f"outputs match the original model on {len(cases)} input sets; kernel calls: "
+                   f"{calls_summary(swapped, kernel_calls)}")
+    for x in extra:
+        if x.restore is not None:
+            x.restore()
     info = device_info()
     return VerifyResult(
-        model=target.name, device=info.label, dtype=target.dtype, tolerance=tolerance, passed=not failed,
-        swaps=[asdict(s) for s in report.swaps], kernels=report.kernels, checks=checks, timings=timings,
+        model=target.name, device=info.label, dtype=target.dtype, tolerance=tolerance,
+        passed=not failed and not never_called,
+        swaps=[asdict(s) for s in report.swaps] + [x.to_swap() for x in extra],
+        kernels={**report.kernels, **{x.task: x.origin for x in extra}}, checks=checks, timings=timings,
         fallbacks=report.fallbacks(), kernel_calls=kernel_calls, representative=on_gpu,
         compile_backend=compile_backend if compile else "", message=message, notes=notes,
         inputs=[_describe(x) for x in args], created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         duration_s=time.monotonic() - started, environment=info.to_dict(),
     )
+
+
+@dataclass
+class CustomSwap:
+    """A config task's kernel in place of a module class or a function of the model's code, with its calls."""
+
+    task: str
+    target: str  # module:attr
+    kind: str  # "module" (each instance's forward) or "function" (the module attribute, while active)
+    origin: str  # the kernel file and entry
+    replaced: int = 0
+    kernel_calls: int = 0
+    active: bool = False
+    restore: Callable[[], None] | None = None
+
+    def to_swap(self) -> dict[str, Any]:
+        return {"path": self.target, "op": self.task, "module_class": self.kind, "slot": -1}
+
+
+def swap_custom(model: Any, task_name: str, where: str, config_path: str | Path | None,
+                root: Path | None) -> CustomSwap:
+    """Put config task `task_name`'s entry function in place of `where` (module:attr) in `model`."""
+    import torch
+
+    from autokernel_ci.tasks import load_callable, load_module_from_path, resolve_task
+
+    task = resolve_task(task_name, Path(config_path) if config_path else None)
+    if task.path is None or task.kind == "kernelbench":
+        raise AutokernelError(f"--swap {task_name}=…: the task needs a kernel file with an entry function")
+    module = load_module_from_path(task.path, name=f"_autokernel_swap_{abs(hash(str(task.path)))}")
+    kernel = getattr(module, task.entry, None)
+    if not callable(kernel):
+        raise AutokernelError(f"{task.path} defines no callable {task.entry} (the entry of task {task_name})")
+    if ":" not in where:
+        raise AutokernelError(f"--swap {task_name}={where}: name what it replaces as module:attr")
+    original = load_callable(where, root or task.root)
+    swap = CustomSwap(task_name, where, "function", f"{task.path}:{task.entry}")
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        swap.kernel_calls += 1
+        return kernel(*args, **kwargs)
+
+    if isinstance(original, type) and issubclass(original, torch.nn.Module):
+        swap.kind = "module"
+        for _, m in model.named_modules():
+            if isinstance(m, original):
+                m.forward = counted
+                swap.replaced += 1
+        if not swap.replaced:
+            raise AutokernelError(f"--swap {task_name}={where}: the model has no {original.__name__} module")
+        return swap
+    if not callable(original):
+        raise AutokernelError(f"--swap {task_name}={where}: {where} is neither a module class nor a function")
+    import importlib
+
+    owner = importlib.import_module(where.partition(":")[0])
+    attr = where.partition(":")[2]
+
+    def maybe(*args: Any, **kwargs: Any) -> Any:
+        return counted(*args, **kwargs) if swap.active else original(*args, **kwargs)
+
+    setattr(owner, attr, maybe)
+    swap.replaced, swap.restore = 1, lambda: setattr(owner, attr, original)
+    return swap
+
+
+@contextlib.contextmanager
+def _active(swaps: list[CustomSwap]):
+    """Swapped functions call the kernel inside this block only (the original model calls them too)."""
+    for x in swaps:
+        x.active = True
+    try:
+        yield
+    finally:
+        for x in swaps:
+            x.active = False
+
+
+def _with_active(fn: Any, swaps: list[CustomSwap]) -> Any:
+    if not any(x.kind == "function" for x in swaps):
+        return fn
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with _active(swaps):
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def never_called_ops(swapped: Mapping[str, int], kernel_calls: Mapping[str, int],
+                     fallbacks: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """One failure line per swapped op whose kernel never ran: every call took the original op instead,
+    so the outputs prove nothing about the kernel. Says why each call fell back."""
+    lines = []
+    for op, modules in sorted(swapped.items()):
+        if kernel_calls.get(op, 0) > 0:
+            continue
+        reasons = fallbacks.get(op, {})
+        why = ", ".join(f"{n} × {FALLBACK_REASONS.get(r, r)}" for r, n in sorted(reasons.items())) \
+            or "the swapped modules were never called"
+        lines.append(f"{op}: kernel never called ({modules} module(s) swapped, every call fell back to the original "
+                     f"op: {why})")
+    return lines
+
+
+def calls_summary(swapped: Mapping[str, int], kernel_calls: Mapping[str, int]) -> str:
+    """'rmsnorm 5 modules, 45 calls; rope 2 modules, 18 calls'."""
+    return "; ".join(f"{op} {n} module{'s' * (n != 1)}, {kernel_calls.get(op, 0)} kernel call"
+                     f"{'s' * (kernel_calls.get(op, 0) != 1)}" for op, n in sorted(swapped.items())) or "none"
+
+
+FALLBACK_REASONS = {
+    "device": "no GPU and no Triton interpreter (set TRITON_INTERPRET=1 to run the kernels on the CPU)",
+    "autograd": "autograd was recording (the kernels are forward-only)",
+    "dtype": "mixed dtypes or devices between the input and the module's parameters",
+    "shape": "the kernel refused the shape",
+    "device-or-dtype": "a device or dtype the kernel cannot serve",
+}
 
 
 def _check(label: str, variant: str, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ref: Any,

@@ -141,7 +141,7 @@ def run_op(op: str, workers: int, max_experiments: int, minutes: float, device: 
         if p.phase == "experiment" and p.last is not None:
             marks.setdefault("experiments", sampler.now() - p.last.duration_s)
             e = p.last
-            speed = e.gate_speedup_vs_start or e.speedup_vs_start
+            speed = e.speedup_vs_start
             print(f"  [{op}] #{e.n:<3} {e.verdict:<13} {f'{speed:.2f}x' if speed else '-':>7}  "
                   f"{e.duration_s:5.1f} s  {e.description[:70]}", flush=True)
 

@@ -123,7 +123,7 @@ def test_loop_keeps_a_faster_kernel_and_reverts_wrong_crashing_hanging_and_cheat
     assert [x["verdict"] for x in logged] == [e.verdict for e in result.experiments]
     assert [x["status"] for x in logged] == ["PASS", "PASS", "FAIL", "CRASH", "TIMEOUT", "REJECTED"]
     assert all(x["representative"] is False for x in logged)
-    assert logged[1]["commit"] == commits[0].hexsha and logged[1]["gate_speedup_vs_start"] > 2.0
+    assert logged[1]["commit"] == commits[0].hexsha and logged[1]["speedup_vs_start"] > 2.0
     assert "past the 25 s limit" in logged[4]["message"]
     tsv = (repo / "autokernel-out" / "results.tsv").read_text().splitlines()
     assert len(tsv) == 7 and tsv[0].startswith("n\ttask\tverdict")

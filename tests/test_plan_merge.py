@@ -199,7 +199,7 @@ def record_shard(tmp_path: Path, index: int, task: str, kernel: str, source: str
                           representative=True, duration_s=30.0))
     log.append(Experiment(1, task, "kept", "one pass over the row", {"BLOCK_SIZE": 4096}, "tuner", "PASS", "gate",
                           score_us=93.9, gate_score_us=93.9, gate_ratio=93.9 / 210.0,
-                          gate_speedup_vs_start=210.0 / 93.9, representative=True, commit=kept, branch=branch,
+                          speedup_vs_start=210.0 / 93.9, representative=True, commit=kept, branch=branch,
                           duration_s=40.0))
     log.append(Experiment(2, task, "slower", "num_warps 8", {"num_warps": 8}, "tuner", "PASS", "screen", ratio=1.2,
                           branch=branch, representative=True, duration_s=10.0))
@@ -328,3 +328,26 @@ def test_merge_accepts_the_loops_own_commit_of_the_kernel_file(project, tmp_path
     assert main(["merge", "--results", str(tmp_path / "autokernel-shards"), "--repo", str(project),
                  "--no-publish"]) == 0
     assert "combined branch autokernel/optimize-" in capsys.readouterr().out
+
+
+def test_merge_dry_run_changes_nothing_on_disk_or_in_git(project, tmp_path, capsys):
+    record_shard(tmp_path, 0, "rmsnorm", "kernels/rmsnorm.py", NORM_KERNEL)
+    out = project / "autokernel-out"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"n": 0, "task": "earlier", "verdict": "baseline"}\n')
+
+    def state() -> dict:
+        files = {str(p.relative_to(project)): p.read_bytes() for p in sorted(project.rglob("*"))
+                 if p.is_file() and ".git/objects/" not in p.as_posix()}
+        return {"files": files, "refs": git(project, "for-each-ref"), "status": git(project, "status", "--porcelain"),
+                "worktrees": git(project, "worktree", "list")}
+
+    before = state()
+    assert main(["merge", "--results", str(tmp_path / "autokernel-shards"), "--repo", str(project), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "dry run: would push autokernel/optimize-" in printed and "would be at" in printed
+    after = state()
+    changed = sorted(k for k in set(before["files"]) | set(after["files"])
+                     if before["files"].get(k) != after["files"].get(k))
+    assert changed == []
+    assert after == before  # no branch, no moved results folder, no exclude line, no worktree left

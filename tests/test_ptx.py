@@ -76,3 +76,51 @@ def test_a_candidate_file_is_inspected_and_bad_input_is_one_line(tmp_path: Path)
     failed, _ = inspect(tmp_path, "--op", "rope", "--candidate", str(broken), "--shape", "B=1,H=1,S=1,D=2")
     assert failed.returncode == 1 and "could not be compiled for sm_90a" in failed.stderr
     assert all("Traceback" not in r.stderr for r in (bad, missing, failed))
+
+
+GELU_KERNEL = '''\
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gelu_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n).to(tl.float32)
+    y = x * tl.sigmoid(1.702 * x)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=offs < n)
+
+
+def launch(x):
+    y = torch.empty_like(x)
+    _gelu_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
+    return y
+'''
+GELU_REFS = '''\
+import torch
+
+def reference(x):
+    return x * torch.sigmoid(1.702 * x)
+
+def make_inputs(shape, dtype, generator, kind="normal"):
+    return (torch.randn((shape["rows"], shape["dim"]), generator=generator).to(dtype),)
+'''
+
+
+def test_a_custom_kernel_named_in_the_config_is_inspected_with_its_own_inputs_and_entry(tmp_path: Path):
+    repo = tmp_path / "repo"  # apart from the output folder: in the sandbox the repository is read-only
+    repo.mkdir()
+    (repo / "gelu.py").write_text(GELU_KERNEL)
+    (repo / "gelu_refs.py").write_text(GELU_REFS)
+    config = repo / ".autokernel.yml"
+    config.write_text("version: 1\nkernels:\n  - name: gelu\n    path: gelu.py\n    entry: launch\n"
+                      "    reference: gelu_refs:reference\n    inputs: gelu_refs:make_inputs\n"
+                      "    shapes: [{rows: 7, dim: 33}, {rows: 64, dim: 4096}]\n")
+    done, summaries = inspect(tmp_path, "--task", "gelu", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [s["kernel"] for s in summaries] == ["_gelu_kernel"]
+    assert done.stdout.startswith("gelu 64×4096 bf16, ")  # the largest test shape, as no bench shape is given
+    (tmp_path / "ptx.json").unlink()  # an output that exists is mounted read-only like any named file
+    odd, summaries = inspect(tmp_path, "--task", "gelu", "--config", str(config), "--shape", "rows=3,dim=5")
+    assert odd.returncode == 0 and summaries[0]["instructions"] > 0, odd.stderr[-2000:]

@@ -116,7 +116,7 @@ def make_run(repo: Path, task: str, kernel: str, source: str | None) -> Path:
     if kept_sha:
         log.append(Experiment(1, task, "kept", "BLOCK_SIZE 128→4096", {"BLOCK_SIZE": 4096}, "tuner", "PASS", "gate",
                               score_us=93.9, gate_score_us=93.9, gate_ratio=93.9 / 210.0,
-                              gate_speedup_vs_start=210.0 / 93.9, pct_roofline=95.2, representative=True,
+                              speedup_vs_start=210.0 / 93.9, pct_roofline=95.2, representative=True,
                               commit=kept_sha, branch=branch, duration_s=44.0))
     log.append(Experiment(2, task, "slower", "num_warps 8", {"num_warps": 8}, "tuner", "PASS", "screen", ratio=1.2,
                           branch=branch, representative=True, duration_s=12.0))

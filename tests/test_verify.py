@@ -141,3 +141,138 @@ def test_verify_command_exits_one_on_a_wrong_kernel_and_zero_on_a_right_one(tmp_
     assert json.loads(out.read_text())["passed"] is True
     bad = cli("verify", "--config", str(CONFIG), "--model", "llama-tiny", "--arg", "size=huge", "--no-time")
     assert bad.returncode == 2 and "factory models.llama:build_tiny" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_swapped_op_whose_kernel_never_runs_fails_with_the_reason(llama, monkeypatch) -> None:
+    # Without the interpreter on a CPU every call falls back to the original op: the outputs match
+    # exactly, and that proves nothing about the kernel.
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    result = verify_model(llama, ops=["rmsnorm"], seeds=(1,), time_variants=False, compile=False,
+                          factory_kwargs=SMALL)
+    assert all(c.passed and c.rel_l2 == 0.0 for c in result.checks)
+    assert not result.passed
+    assert result.kernel_calls.get("rmsnorm", 0) == 0 and result.fallbacks["rmsnorm"]["device"] > 0
+    assert "rmsnorm: kernel never called" in result.message and "TRITON_INTERPRET" in result.message
+
+
+def test_a_pass_says_how_many_times_each_kernel_ran(llama) -> None:
+    result = verify_model(llama, ops=["rmsnorm", "swiglu"], seeds=(), time_variants=False, compile=False,
+                          factory_kwargs=SMALL)
+    assert result.passed, result.message
+    calls = result.kernel_calls
+    assert calls["rmsnorm"] > 0 and calls["swiglu"] > 0
+    assert f"rmsnorm 5 modules, {calls['rmsnorm']} kernel calls" in result.message
+
+
+def test_verify_command_turns_the_interpreter_on_for_a_cpu(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "autokernel_ci", "verify", "--config", str(CONFIG), "--model",
+                          "llama-tiny", "--ops", "rmsnorm", "--no-time", "--no-compile", "--seeds", "0", "--arg",
+                          "seq_len=4", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "kernel call(s)" in run.stdout and "never called" not in run.stdout
+
+
+CUSTOM_MODEL = '''
+import torch
+
+
+def gelu_fn(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+class Gelu(torch.nn.Module):
+    def forward(self, x):
+        return gelu_fn(x)
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.out = torch.nn.Linear(16, 32), Gelu(), torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.out(self.act(self.fc(x)))
+
+
+def build():
+    torch.manual_seed(0)
+    return Net(), (torch.randn(3, 16),)
+
+
+def reference(x):
+    return gelu_fn(x)
+
+
+def make_inputs(shape, dtype, generator, kind="normal"):
+    return (torch.randn((shape["rows"], shape["dim"]), generator=generator).to(dtype),)
+'''
+GELU_TRITON = '''
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gelu_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n).to(tl.float32)
+    tl.store(y_ptr + offs, (x * tl.sigmoid(SCALE * x)).to(y_ptr.dtype.element_ty), mask=offs < n)
+
+
+SCALE = 1.702
+
+
+def launch(x):
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    _gelu_kernel[(triton.cdiv(x.numel(), 256),)](x, y, x.numel(), BLOCK=256)
+    return y
+'''
+
+
+@pytest.fixture
+def custom_repo(tmp_path: Path) -> Path:
+    (tmp_path / "mynet.py").write_text(CUSTOM_MODEL)
+    (tmp_path / "gelu.py").write_text(GELU_TRITON)
+    (tmp_path / "gelu_wrong.py").write_text(GELU_TRITON.replace("SCALE = 1.702", "SCALE = 1.0"))
+    (tmp_path / ".autokernel.yml").write_text(
+        "version: 1\nkernels:\n"
+        "  - {name: gelu, path: gelu.py, entry: launch, reference: 'mynet:reference', inputs: 'mynet:make_inputs',"
+        " shapes: [{rows: 3, dim: 32}]}\n"
+        "  - {name: gelu_wrong, path: gelu_wrong.py, entry: launch, reference: 'mynet:reference',"
+        " inputs: 'mynet:make_inputs', shapes: [{rows: 3, dim: 32}]}\n"
+        "models:\n  - {name: net, factory: 'mynet:build', dtype: fp32, swap: [rmsnorm]}\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("where", ["mynet:Gelu", "mynet:gelu_fn"])
+def test_a_config_tasks_own_kernel_is_swapped_for_the_module_or_function_it_names(custom_repo: Path,
+                                                                                  where: str) -> None:
+    config = custom_repo / ".autokernel.yml"
+    target = model_target("net", config)[0]
+    right = verify_model(target, config_path=config, custom={"gelu": where}, ops=[], seeds=(1,),
+                         time_variants=False, compile=False)
+    assert right.passed, right.message
+    assert right.kernel_calls["gelu"] == 2  # once per input set: the Triton kernel ran
+    assert "gelu 1 module, 2 kernel calls" in right.message
+    wrong = verify_model(target, config_path=config, custom={"gelu_wrong": where}, ops=[], seeds=(1,),
+                         time_variants=False, compile=False)
+    assert not wrong.passed and wrong.kernel_calls["gelu_wrong"] == 2
+    import mynet  # the swapped function is put back
+
+    assert mynet.gelu_fn.__name__ == "gelu_fn"
+
+
+def test_profile_runs_the_model_with_a_config_tasks_kernel_swapped_in(custom_repo: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "autokernel_ci", "profile", "--model", "net", "--config",
+                          str(custom_repo / ".autokernel.yml"), "--swap", "gelu=mynet:Gelu", "--steps", "1",
+                          "--warmup", "0", "--device", "cpu", "--json", str(custom_repo / "out" / "plan.json")],
+                         cwd=custom_repo, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    swapped = json.loads((custom_repo / "out" / "plan.json").read_text())["swapped"]
+    assert len(swapped) == 1 and swapped[0].startswith("gelu in place of mynet:Gelu: 1 module(s), ")
+    assert not swapped[0].endswith(" 0 kernel call(s)") and "swapped in: gelu" in run.stdout

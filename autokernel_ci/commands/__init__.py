@@ -59,6 +59,12 @@ def progress_printer(label: str) -> Callable[[int, int], None] | None:
     return show
 
 
+def step(message: str) -> None:
+    """Say on stderr, at once, what a step that takes a while is doing (in logs too: CI shows it live)."""
+    sys.stderr.write(message + " …\n")
+    sys.stderr.flush()
+
+
 def clear_progress() -> None:
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K")

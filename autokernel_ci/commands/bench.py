@@ -7,7 +7,14 @@ import json
 import tempfile
 from pathlib import Path
 
-from autokernel_ci.commands import EXIT_NOT_PASSED, positive_float, write_text
+from autokernel_ci.commands import (
+    EXIT_NOT_PASSED,
+    clear_progress,
+    positive_float,
+    progress_printer,
+    step,
+    write_text,
+)
 from autokernel_ci.errors import AutokernelError
 
 
@@ -37,14 +44,21 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     results = []
     with tempfile.TemporaryDirectory(prefix="autokernel-bench-") as tmp:
-        for task in tasks:
+        for i, task in enumerate(tasks, 1):
             candidate = Path(args.candidate) if args.candidate else candidate_file(task, Path(tmp))
-            result = evaluate(task, candidate, device=device, timeout=args.timeout,
-                              timing=TimingPlan.for_task(task, device))
+            plan = TimingPlan.for_task(task, device)
+            step(f"bench {i}/{len(tasks)} {task.name}: the correctness gate, then timing at {len(plan.shapes)} "
+                 f"shape(s) on {device}" + (" (Triton's interpreter: a minute or more)" if device == "cpu" else ""))
+            result = evaluate(task, candidate, device=device, timeout=args.timeout, timing=plan,
+                              on_progress=progress_printer(f"{task.name}"))
+            clear_progress()
             if not result.passed:
                 print_eval_result(result)
             results.append(result)
     print_bench_table(results)
+    for task, result in zip(tasks, results):
+        for line in baseline_gaps(task, result, device):
+            print(line)
     if args.json:
         write_text(args.json, json.dumps({"results": [r.to_dict() for r in results]}, indent=2) + "\n")
     return 0 if all(r.passed for r in results) else EXIT_NOT_PASSED
@@ -77,3 +91,28 @@ def candidate_file(task, tmp: Path) -> Path:
     path = tmp / f"{task.op}.py"
     path.write_text(starter_source(task.op))
     return path
+
+
+BASELINES = ("eager", "vendor", "compile")
+
+
+def baseline_gaps(task, result, device: str) -> list[str]:
+    """One line per baseline column left empty for `task`, saying why."""
+    if not result.timings:
+        return []
+    if device == "cpu":
+        return [f"{task.name}: eager, vendor and compile not timed: on the CPU the kernel runs in Triton's "
+                "interpreter, so a comparison with PyTorch on the CPU would mean nothing (a GPU run times them)"]
+    if task.kind == "config" and not task.op:
+        return [f"{task.name}: eager, vendor and compile not timed: baselines are timed for built-in ops and "
+                "KernelBench tasks; a custom task's reference runs only in the correctness gate"]
+    lines = []
+    for name in BASELINES:
+        if any(name in t.baselines_us for t in result.timings):
+            continue
+        if name == "vendor" and (task.kind == "kernelbench" or task.spec.vendor is None):
+            why = "this task has no vendor op to compare with"
+        else:
+            why = "its timing failed in the baselines worker (run with --json and see the worker log)"
+        lines.append(f"{task.name}: {name} not timed: {why}")
+    return lines

@@ -88,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
     console.rule("3. the report a pull request would carry")
     console.print(f"Markdown: {out / 'summary.md'}")
     console.print(f"plot:     {out / 'progress.png'}")
-    console.print(f"the kept commits are on branch {results[0].branch} of {repo}")
+    kept = results[0].kept
+    if kept:
+        console.print(f"{len(kept)} kept commit(s) on branch {results[0].branch} of {repo}")
+    else:
+        console.print(f"no candidate was kept: branch {results[0].branch} of {repo} holds only the starting kernel")
     if cpu:
         console.print("[yellow]reminder: CPU interpreter timings are not representative of GPU speed[/]")
     return 130 if results[0].interrupted else 0

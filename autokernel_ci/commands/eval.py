@@ -28,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="where to run (default: cuda if available, else cpu with the Triton interpreter)")
     p.add_argument("--seed", type=int, default=None, help="seed for the case seeds (default: fresh each run)")
+    p.add_argument("--stages", metavar="STAGE,STAGE", default=None,
+                   help="run only these correctness stages (default all: smoke,shapes,dtypes,stability,determinism)")
     p.add_argument("--time", action="store_true",
                    help="after a PASS, also time the candidate at the benchmark shapes (with the timing checks)")
     p.add_argument("--config", metavar="FILE", help="config file (default: ./.autokernel.yml if present)")
@@ -43,11 +45,26 @@ def run(args: argparse.Namespace) -> int:
     require_file(args.candidate, "candidate")
     device = resolve_device(args.device)
     timing = TimingPlan.for_task(task, device) if args.time else None
+    stages = parse_stages(args.stages)
     progress = progress_printer(f"evaluating {args.candidate} against {task.name}")
     result = evaluate(task, args.candidate, device=device, timeout=args.timeout, seed=args.seed, timing=timing,
-                      on_progress=progress)
+                      stages=stages, on_progress=progress)
     clear_progress()
     print_eval_result(result)
     if args.json:
         write_text(args.json, result.to_json() + "\n")
     return 0 if result.passed else EXIT_NOT_PASSED
+
+
+def parse_stages(text: str | None) -> tuple[str, ...] | None:
+    from autokernel_ci.errors import AutokernelError
+    from autokernel_ci.harness.correctness import STAGES
+
+    if text is None:
+        return None
+    stages = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise AutokernelError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none given)'}; the stages are "
+                              f"{', '.join(STAGES)}")
+    return tuple(s for s in STAGES if s in stages)

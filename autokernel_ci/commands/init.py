@@ -319,8 +319,10 @@ def starter_config(repo: Path) -> str:
             lines += [f"  # {f.path}: kernel_fn({', '.join(f.entry_args or [])}) has the signature of the built-in "
                       f"`{f.op}`",
                       f"  - name: {name}", f"    path: {f.path}", f"    op: {f.op}"]
+    elif unknown:
+        lines.append("kernels:   # (empty until a template below is uncommented)")
     else:
-        lines.append("kernels: []" + ("" if files else "  # no @triton.jit kernel was found; add tasks here"))
+        lines.append("kernels: []  # no @triton.jit kernel was found; add tasks here")
     for f in unknown:
         name = _unique(_task_name(f.path), names)
         why = "its kernel_fn matches no built-in op" if f.entry_args is not None else "it has no kernel_fn"

@@ -86,7 +86,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     repo = _toplevel(Path(args.repo))
     merged = merge_results([Path(d) for d in args.results], repo, out=Path(args.out) if args.out else None,
-                           branch=args.branch, config_path=Path(args.config) if args.config else None)
+                           branch=args.branch, config_path=Path(args.config) if args.config else None,
+                           dry_run=args.dry_run)
     for line in merged.describe():
         print(line)
     pr = None
@@ -177,6 +178,7 @@ class MergedRun:
     commit_map: dict[str, str] = field(default_factory=dict)  # shard commit → combined commit
     notes: list[str] = field(default_factory=list)
     families: dict[str, dict[str, Any]] = field(default_factory=dict)  # task → {"family", "risk"} from the shards
+    dry_run: bool = False  # the branch was not created: `head_commit` is the commit it would point at
 
     @property
     def kept(self) -> int:
@@ -192,7 +194,8 @@ class MergedRun:
         lines = [f"{name}: {t['kept']} kept commit(s)" + (f", {t['speedup']:.2f}× faster" if t.get("speedup") else "")
                  + f" (from {t['shard']})" for name, t in self.tasks.items()]
         if self.branch:
-            lines.append(f"combined branch {self.branch} at {self.head_commit[:12]} (from {self.base_commit[:12]})")
+            lines.append(f"combined branch {self.branch} {'would be' if self.dry_run else ''} at "
+                         f"{self.head_commit[:12]} (from {self.base_commit[:12]})".replace("  ", " "))
         else:
             lines.append("no shard kept anything: no branch, no pull request")
         lines.append(f"combined results: {self.out_dir}")
@@ -206,8 +209,10 @@ class MergedRun:
 
 
 def merge_results(paths: list[Path], repo: Path, *, out: Path | None = None, branch: str | None = None,
-                  config_path: Path | None = None) -> MergedRun:
-    """Cherry-pick the shards' kept commits onto one branch and write one results folder; see the module doc."""
+                  config_path: Path | None = None, dry_run: bool = False) -> MergedRun:
+    """Cherry-pick the shards' kept commits onto one branch and write one results folder; see the module doc.
+    `dry_run`: the same combination, but no branch is created and the results folder is a temporary one
+    outside the repository: nothing in the repository, its refs or `out` changes."""
     repo = _toplevel(repo)
     shards = find_shards(paths)
     kernel_paths = _kernel_paths(repo, config_path)
@@ -232,9 +237,15 @@ def merge_results(paths: list[Path], repo: Path, *, out: Path | None = None, bra
             head = base_commit
             if commit_map:
                 head = _commit_plot(tree, staging / "progress.png", commit_map)
-                _git(repo, "update-ref", "-m", "autokernel-ci merge", f"refs/heads/{name}", head)
+                if not dry_run:
+                    _git(repo, "update-ref", "-m", "autokernel-ci merge", f"refs/heads/{name}", head)
+            if dry_run:
+                out_dir = Path(tempfile.mkdtemp(prefix="autokernel-merge-dry-run-"))
+                notes.append(f"dry run: no branch created and nothing written to the repository; the combined "
+                             f"results are in {out_dir}")
+            else:
+                _exclude(repo, out_dir)
             _install(staging, out_dir)
-            _exclude(repo, out_dir)
         finally:
             _git(repo, "worktree", "remove", "--force", str(tree), check=False)
             _drop_merge_refs(repo)
@@ -242,7 +253,7 @@ def merge_results(paths: list[Path], repo: Path, *, out: Path | None = None, bra
                       "speedup": r.speedup} for r in results}
     families = {t: v for s in shards for t, v in (s.info.get("families") or {}).items() if isinstance(v, dict)}
     return MergedRun(repo, out_dir, name if commit_map else None, base_commit, head, tasks, commit_map, notes,
-                     families)
+                     families, dry_run)
 
 
 def _default_branch(shards: list[ShardResults]) -> str:
@@ -300,7 +311,8 @@ def _replay(repo: Path, tree: Path, shards: list[ShardResults], kernel_paths: di
         for task in shard.tasks:
             for sha in shard.kept_commits(task):
                 if not _has_commit(repo, sha) and not fetched and shard.bundle is not None:
-                    _git(repo, "fetch", "-q", "--no-tags", str(shard.bundle), f"+refs/heads/*:{MERGE_REFS}/{i}/*")
+                    _git(repo, "fetch", "-q", "--no-tags", "--no-write-fetch-head", str(shard.bundle),
+                         f"+refs/heads/*:{MERGE_REFS}/{i}/*")
                     fetched = True
                 if not _has_commit(repo, sha):
                     raise GitError(f"commit {sha[:12]} (kept for {task}) is neither in {repo} nor in "
@@ -454,7 +466,7 @@ def _classify(merged: MergedRun, kept: list[LoopResult], config_file: Path | Non
     from autokernel_ci.tasks import resolve_task
 
     diff = _git(merged.repo, "diff", "--no-color", "--no-ext-diff", "-M", merged.base_commit,
-                f"refs/heads/{merged.branch}", "--", ".", ":(exclude).autokernel") + "\n"
+                merged.head_commit, "--", ".", ":(exclude).autokernel") + "\n"
     reports = []
     for r in kept:
         recorded = merged.families.get(r.task)  # what the shard, which had torch, saw

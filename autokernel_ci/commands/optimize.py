@@ -255,6 +255,11 @@ class ProgressDisplay:
             self.recent.append(line)
             if self.live is None:
                 self.console.print(line)
+        elif p.phase == "baseline" and self.live is None:
+            from rich.markup import escape
+
+            self.console.print(escape(f"[{p.task}] {p.candidate}: the full gate with timing, then two screening "
+                                      "runs (the reference every candidate is held to) …"))
         elif p.phase == "done" and self.live is None:
             from rich.markup import escape
 
@@ -281,7 +286,7 @@ def experiment_line(p: LoopProgress) -> str:
     e = p.last
     color = {"kept": "green", "baseline": "blue", "remeasure": "blue", "slower": "dim", "within-noise": "dim",
              "not-confirmed": "yellow"}.get(e.verdict, "red")
-    speed = e.gate_speedup_vs_start or e.speedup_vs_start
+    speed = e.speedup_vs_start
     speed_text = f"{speed:.2f}× vs start" if speed else ""
     vs_best = f"{1 / e.gate_ratio:.2f}× vs best" if e.gate_ratio else f"{1 / e.ratio:.2f}× vs best" if e.ratio else ""
     roof = f"{e.pct_roofline:.1f}% roofline" if e.pct_roofline is not None else ""
@@ -291,8 +296,11 @@ def experiment_line(p: LoopProgress) -> str:
         else f"{e.description}: {e.message[:120]}"
     from rich.markup import escape
 
-    return (f"{escape(f'[{p.task}]')} {number} [{color}]{e.verdict:<13}[/] {numbers:<44} {escape(detail)}  "
+    line = (f"{escape(f'[{p.task}]')} {number} [{color}]{e.verdict:<13}[/] {numbers:<44} {escape(detail)}  "
             f"[dim]{e.duration_s:.1f} s[/]")
+    if e.note.startswith("reproduce: "):
+        line += f"\n    {escape(e.note)}"
+    return line
 
 
 def print_summary(results: list[LoopResult], paths: dict[str, Path], console) -> None:

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 from typing import Any
 
-from autokernel_ci.commands import write_text
+from autokernel_ci.commands import step, write_text
 from autokernel_ci.errors import AutokernelError
 
 
@@ -31,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-share", type=float, default=0.01, metavar="F",
                    help="with --extract: only ops taking at least this share of the time (default 0.01)")
     p.add_argument("--top", type=int, default=15, metavar="N", help="rows of the tables (default 15)")
+    p.add_argument("--kernel", action="append", default=[], metavar="OP=FILE",
+                   help="profile with this kernel file swapped in for a built-in op (repeatable)")
+    p.add_argument("--swap", action="append", default=[], metavar="TASK=MODULE:ATTR",
+                   help="profile with a kernel task of the config (your own kernel too) in place of a module class "
+                        "or function of the model's code, e.g. --swap gelu=mypkg.model:GeluMLP (repeatable)")
     p.add_argument("--config", metavar="FILE", help="config file (default: ./.autokernel.yml)")
     p.set_defaults(handler=run)
 
@@ -49,6 +54,54 @@ def factory_kwargs(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def swapper(kernel_pairs: list[str], swap_pairs: list[str], config, device, console):
+    """The `prepare` hook of `profile_model` for --kernel and --swap, or None when neither is given."""
+    if not kernel_pairs and not swap_pairs:
+        return None
+    from autokernel_ci.commands.verify import use_interpreter_on_cpu
+
+    kernels: dict[str, Path] = {}
+    for pair in kernel_pairs:
+        op, sep, path = pair.partition("=")
+        if not sep or not Path(path).is_file():
+            raise AutokernelError(f"--kernel expects OP=FILE with an existing file, got {pair!r}")
+        kernels[op] = Path(path)
+    custom: dict[str, str] = {}
+    for pair in swap_pairs:
+        task, sep, where = pair.partition("=")
+        if not sep or ":" not in where:
+            raise AutokernelError(f"--swap expects TASK=MODULE:ATTR, got {pair!r}")
+        custom[task] = where
+    use_interpreter_on_cpu(device, console)
+
+    def prepare(model):
+        from autokernel_ci import runtime
+        from autokernel_ci.verify import swap_custom
+
+        report = runtime.apply(model, kernels=kernels, ops=list(kernels)) if kernels else None
+        extra = [swap_custom(model, task, where, config, None) for task, where in custom.items()]
+        for x in extra:
+            x.active = True  # no original to compare with here: the swapped function always runs the kernel
+
+        def done() -> list[str]:
+            lines = []
+            if report is not None:
+                calls, fallbacks = report.kernel_calls(), report.fallbacks()
+                for op, n in sorted(report.ops().items()):
+                    lines.append(f"{op}: {n} module(s), {calls.get(op, 0)} kernel call(s)"
+                                 + (f", fallbacks {fallbacks[op]}" if op in fallbacks else ""))
+            for x in extra:
+                if x.restore is not None:
+                    x.restore()
+                lines.append(f"{x.task} in place of {x.target}: {x.replaced} {x.kind}(s), {x.kernel_calls} kernel "
+                             "call(s)")
+            return lines
+
+        return done
+
+    return prepare
+
+
 def run(args: argparse.Namespace) -> int:
     from autokernel_ci.config import find_config
     from autokernel_ci.orchestrate import extract_tasks, rank
@@ -64,9 +117,12 @@ def run(args: argparse.Namespace) -> int:
     plans = []
     for target in targets:
         trace = _trace_path(args.trace, target.name, len(targets))
+        if not console.is_terminal:
+            step(f"profiling {target.name}: {args.warmup} warm-up and {args.steps} profiled forward(s)")
         with console.status(f"profiling {target.name}") if console.is_terminal else _nothing():
             plan = profile_model(target, device=args.device, steps=args.steps, warmup=args.warmup,
-                                 factory_kwargs=kwargs, trace=trace)
+                                 factory_kwargs=kwargs, trace=trace,
+                                 prepare=swapper(args.kernel, args.swap, config, args.device, console))
         plans.append(plan)
         print_plan(plan, console, top=args.top)
         if args.extract:
@@ -117,6 +173,8 @@ def print_plan(plan, console=None, top: int = 15) -> None:
     console.print(f"[bold]{escape(plan.model)}[/] on {escape(plan.device)}, {plan.dtype}, inputs "
                   f"{escape(', '.join(plan.inputs))}: {_us(plan.total_us)} of {kind} time per forward "
                   f"({plan.steps} recorded after {plan.warmup} warm-up)")
+    for line in getattr(plan, "swapped", []):
+        console.print(f"  swapped in: {escape(line)}")
     if plan.time_kind != "gpu":
         console.print(f"[yellow]{escape(plan.note)}[/]")
     table = Table(title="time by op family", show_edge=False, box=None)

@@ -19,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="OUT", help="write the result JSON here (a list when several models)")
     p.add_argument("--kernel", action="append", default=[], metavar="OP=FILE",
                    help="use this kernel file for an op, e.g. --kernel rmsnorm=kernels/rmsnorm.py (repeatable)")
+    p.add_argument("--swap", action="append", default=[], metavar="TASK=MODULE:ATTR",
+                   help="put a kernel task of the config (your own kernel too) in place of a module class or a "
+                        "function of the model's code, e.g. --swap gelu=mypkg.model:GeluMLP (repeatable)")
     p.add_argument("--ops", metavar="OP,OP", help="the ops to swap (default: the model's `swap`, else all but matmul)")
     p.add_argument("--seeds", type=int, default=2, metavar="N", help="sets of fresh random inputs (default 2)")
     p.add_argument("--no-time", action="store_true", help="check outputs only")
@@ -48,10 +51,17 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not Path(path).is_file():
             raise AutokernelError(f"--kernel expects OP=FILE with an existing file, got {pair!r}")
         kernels[op] = Path(path)
+    custom = {}
+    for pair in args.swap:
+        task, sep, where = pair.partition("=")
+        if not sep or ":" not in where:
+            raise AutokernelError(f"--swap expects TASK=MODULE:ATTR, got {pair!r}")
+        custom[task] = where
     ops = [o.strip() for o in args.ops.split(",") if o.strip()] if args.ops else None
     if args.seeds < 0:
         raise AutokernelError("--seeds must not be negative")
     console = make_console()
+    use_interpreter_on_cpu(args.device, console)
     results = []
     for target in targets:
         def step(message: str, name: str = target.name) -> None:
@@ -60,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         result = verify_model(target, kernels=kernels, ops=ops, config_path=config, device=args.device,
                               seeds=range(1, args.seeds + 1), time_variants=not args.no_time,
                               compile=not args.no_compile, compile_backend=args.compile_backend,
-                              factory_kwargs=factory_kwargs(args.arg), on_step=step)
+                              factory_kwargs=factory_kwargs(args.arg), custom=custom, on_step=step)
         results.append(result)
         print_verify(result, console)
     if args.json:
@@ -69,6 +79,18 @@ def run(args: argparse.Namespace) -> int:
         data = results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results]
         write_text(args.json, json.dumps(data, indent=1, default=str) + "\n")
     return 0 if all(r.passed for r in results) else EXIT_NOT_PASSED
+
+
+def use_interpreter_on_cpu(device: str | None, console) -> None:
+    """On a CPU the Triton kernels can only run in Triton's interpreter: turn it on (before any kernel
+    file is loaded), else every swapped op would fall back to the original and nothing would be verified."""
+    import os
+
+    from autokernel_ci.harness.sandbox import resolve_device
+
+    if resolve_device(device) == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        os.environ["TRITON_INTERPRET"] = "1"
+        console.print("[dim]no GPU: the kernels run in Triton's interpreter (TRITON_INTERPRET=1)[/]")
 
 
 def _ms(us: float | None) -> str:
@@ -89,7 +111,9 @@ def print_verify(result, console=None) -> None:
                   f"{escape(', '.join(result.inputs))}  {verdict}  {escape(result.message)}")
     swapped = Counter(s["op"] for s in result.swaps)
     for op, origin in result.kernels.items():
-        console.print(f"  {op}: {swapped[op]} module(s) swapped, kernel {escape(origin)}")
+        calls = result.kernel_calls.get(op, 0)
+        state = f"{calls} kernel call(s)" if calls else "[red]kernel never called[/]"
+        console.print(f"  {op}: {swapped[op]} module(s) swapped, {state}, kernel {escape(origin)}")
     checks = Table(title="outputs vs the original model", show_edge=False, box=None)
     for col in ("inputs", "variant", "rel L2 error", "max abs error", "vs fp32", "original vs fp32", "result"):
         checks.add_column(col)

@@ -231,7 +231,7 @@ INSIDE_ENV = "AUTOKERNEL_INSIDE_SANDBOX"
 MODEL_COMMANDS = ("profile", "verify")
 
 
-def run_command_inside(argv: list[str], outputs: Iterable[str | None]) -> int:
+def run_command_inside(argv: list[str], outputs: Iterable[str | None], module: str = "autokernel_ci") -> int:
     """Run `python -m autokernel_ci ARGV` inside bubblewrap and return its exit status. It sees the
     current folder (the user's repository) read-only, the folders of `outputs` writable, the GPU when
     there is one, and an allowlisted environment. Its output goes straight to ours."""
@@ -256,7 +256,7 @@ def run_command_inside(argv: list[str], outputs: Iterable[str | None]) -> int:
         named = [Path(v).resolve().parent for a in argv for v in (a, a.partition("=")[2]) if v and os.path.exists(v)]
         mounts = Mounts(scratch=scratch, read_only=read_only_paths([cwd, cache if cache.is_dir() else None, *named]),
                         writable=tuple(writable), gpu=gpu)
-        wrapped = command([sys.executable, "-m", "autokernel_ci", *argv], mounts, env)
+        wrapped = command([sys.executable, "-m", module, *argv], mounts, env)
         at = wrapped.index("--chdir")
         wrapped[at + 1] = str(cwd)  # relative paths on the command line mean what they meant
         return subprocess.run(wrapped, env={"PATH": os.environ.get("PATH", os.defpath)}).returncode

@@ -16,9 +16,10 @@ from __future__ import annotations
 import random
 import secrets
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autokernel_ci.errors import HarnessError
+from autokernel_ci.errors import HarnessError, TaskError
 from autokernel_ci.results import CaseEvidence, StageEvidence, finite_or_none
 
 if TYPE_CHECKING:
@@ -175,6 +176,27 @@ def _next_prime(n: int) -> int:
     return n
 
 
+def reproduce_command(task: KernelTask, candidate: str | Path, seed: int, stages: tuple[str, ...],
+                      device: str) -> str:
+    """The `autokernel-ci eval` command that plans the same cases again: `plan_cases` draws every case's
+    seed from `seed`, in order, so the same seed, stages and device give the same cases (and inputs)."""
+    import shlex
+
+    if task.kind == "kernelbench" and task.kernelbench is not None and task.root is not None \
+            and not (task.root / ".autokernel.yml").is_file():
+        name = str(task.kernelbench)
+    else:
+        name = task.name
+    parts = ["autokernel-ci", "eval", "--task", name, "--candidate", str(candidate), "--seed", str(seed),
+             "--device", device]
+    config = task.root / ".autokernel.yml" if task.root is not None else None
+    if config is not None and config.is_file() and name == task.name:
+        parts += ["--config", str(config)]
+    if tuple(stages) != STAGES:
+        parts += ["--stages", ",".join(stages)]
+    return " ".join(shlex.quote(x) for x in parts)
+
+
 def _pick_odd(shapes: list[dict[str, int]]) -> dict[str, int]:
     """A shape with odd sizes > 1 (where masking bugs show), else the largest."""
     odd = [s for s in shapes if any(v > 1 and v % 2 for v in s.values())]
@@ -198,6 +220,88 @@ def make_case_inputs(make_inputs: Any, case: Case, device: str, kind: str | None
     generator = torch.Generator(device=device)
     generator.manual_seed(case.seed)
     return tuple(make_inputs(case.shape, DTYPES[case.dtype], generator, kind or case.kind))
+
+
+# What the stability kinds must look like in at least one floating-point input (see `input_kind_problem`).
+LARGE_RMS = 10.0  # "large": some tensor's RMS at least this (standard normal data: about 1)
+TINY_MAX = 1e-2  # "tiny": some non-zero tensor with every |x| at most this
+# "mixed": the largest row RMS at least this many times the smallest. The built-in factories give 2.3× or
+# more even on 5 rows; ordinary normal rows of 33 or more elements stay under 1.9× (rows of a few
+# elements vary more by chance, so there a factory that ignores "mixed" can go unnoticed).
+MIXED_SPREAD = 2.0
+
+
+def input_kind_problem(kind: str, args: tuple[Any, ...]) -> str | None:
+    """Why the inputs an input factory drew for `kind` do not look like that kind, or None when they do.
+
+    Pure: it reads only the tensors. At least one floating-point input must show the kind (the others,
+    weights and tables, may stay ordinary): "large", an RMS of at least 10; "tiny", non-zero with every
+    magnitude at most 1e-2; "mixed", rows (along the last dim) whose RMS differ by 2× or more; "equal",
+    every row constant along a last dim of 2 or more. "normal" is anything. A factory that ignores
+    `kind` returns ordinary data for every kind, and the stability stage did not test what it claims.
+    """
+    import torch
+
+    if kind == "normal":
+        return None
+    floats = [a.detach().double() for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()
+              and a.numel() > 0]
+    if not floats:
+        return f"{kind!r} inputs: the factory returned no floating-point tensor"
+    floats = [torch.where(torch.isfinite(t), t, torch.zeros_like(t)) for t in floats]
+    if kind == "large":
+        rms = max(float(t.square().mean().sqrt()) for t in floats)
+        return None if rms >= LARGE_RMS else \
+            f"'large' inputs have an RMS of at most {rms:.3g} (large magnitudes mean {LARGE_RMS:g} or more)"
+    if kind == "tiny":
+        peaks = [float(t.abs().max()) for t in floats]
+        if any(0 < peak <= TINY_MAX for peak in peaks):
+            return None
+        return (f"'tiny' inputs reach magnitudes of {min(peaks):.3g} at the least (tiny means non-zero and "
+                f"at most {TINY_MAX:g})")
+    rows = [t.reshape(-1, t.shape[-1]) for t in floats if t.dim() >= 1 and t.shape[-1] >= 2]
+    if kind == "mixed":
+        spreads = []
+        for r in rows:
+            rms = r.square().mean(-1).sqrt()
+            rms = rms[rms > 0]
+            if rms.numel() >= 2:
+                spreads.append(float(rms.max() / rms.min()))
+        if any(s >= MIXED_SPREAD for s in spreads):
+            return None
+        best = f"{max(spreads):.3g}×" if spreads else "no two non-zero rows"
+        return f"'mixed' inputs have rows within {best} of each other in scale (mixed means {MIXED_SPREAD:g}× or more)"
+    if kind == "equal":
+        if any(bool((r == r[:, :1]).all()) for r in rows):
+            return None
+        return "'equal' inputs have no tensor whose rows are each one repeated value"
+    return f"unknown input kind {kind!r}"
+
+
+def user_code_error(what: str, exc: BaseException) -> str:
+    """'the input factory refs:make_inputs raised ValueError: … (at /repo/refs.py, line 7)': an exception in
+    the user's own code (reference, input factory), named with the innermost frame outside this package."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "autokernel_ci" not in Path(f.filename).parts and "torch" not in Path(f.filename).parts]
+    where = f" (at {frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{what} raised {type(exc).__name__}: {text}{where}"[:600]
+
+
+def _factory_name(task: KernelTask) -> str:
+    if task.kind == "config" and task.inputs:
+        return f"the input factory {task.inputs}"
+    if task.kind == "kernelbench":
+        return f"get_inputs() of {task.kernelbench or task.name}"
+    return f"the input factory of {task.name}"
+
+
+def _reference_name(task: KernelTask) -> str:
+    if task.kind == "kernelbench":
+        return f"the reference Model of {task.kernelbench or task.name}"
+    return f"the reference of {task.name}"
 
 
 def to_float64(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -441,10 +545,11 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, report: dict[str, Any],
-               device: str, reference: tuple[tuple[Any, ...], Any] | None = None) -> CaseEvidence:
+               device: str, reference: tuple[Any, ...] | None = None) -> CaseEvidence:
     """Compare one case's outputs (from the worker) with the float64 reference: computed here for the
-    built-in ops, or given (`reference`: the outputs and the inputs' floating dtype) by the sandboxed
-    reference worker for a task whose reference is repository code."""
+    built-in ops, or given (`reference`: the outputs, the inputs' floating dtype and, optionally, what
+    `input_kind_problem` said of the inputs) by the sandboxed reference worker for a task whose reference
+    is repository code."""
     import torch
 
     spec = task.spec
@@ -460,15 +565,41 @@ def judge_case(task: KernelTask, case: Case, outputs: tuple[Any, ...] | None, re
     if report.get("inputs_changed"):
         evidence.message = f"modified its inputs (argument {', '.join(map(str, report['inputs_changed']))})"
         return evidence
+    if report.get("input_error"):
+        # The reference side drew the same inputs (the sandboxed reference worker, or here for a built-in op):
+        # if that fails too, it is the factory's error; if not, the candidate's process made the report up.
+        if reference is None:
+            try:
+                make_case_inputs(spec.make_inputs, case, device)
+            except Exception as exc:  # noqa: BLE001 - the factory failed here too: reported as the factory's
+                raise TaskError(user_code_error(_factory_name(task), exc) + f"; case {case.index} "
+                                f"({case.stage}, {case.kind} inputs, seed {case.seed})") from None
+        evidence.message = f"its process reported an input-factory error that does not happen here: " \
+                           f"{str(report['input_error'])[:200]}"
+        return evidence
     if reference is None:
-        args = make_case_inputs(spec.make_inputs, case, device)
-        refs = reference_outputs_within_memory(task, case, args)
+        try:
+            args = make_case_inputs(spec.make_inputs, case, device)
+        except Exception as exc:  # the factory, not the candidate: say so, with its file and line
+            raise TaskError(user_code_error(_factory_name(task), exc) + f"; case {case.index} ({case.stage}, "
+                            f"{case.kind} inputs, seed {case.seed})") from None
+        if case.stage == "stability":
+            evidence.kind_problem = input_kind_problem(case.kind, args)
+        try:
+            refs = reference_outputs_within_memory(task, case, args)
+        except HarnessError:  # what did not fit, said by the harness
+            raise
+        except Exception as exc:
+            raise TaskError(user_code_error(_reference_name(task), exc) + f"; case {case.index} ({case.stage}, "
+                            f"{case.kind} inputs, seed {case.seed})") from None
         out_dtype = expected_dtype(spec, args)
         first_dtype = args[0].dtype if args and hasattr(args[0], "dtype") else out_dtype
     else:
         import torch
 
-        refs, in_dtype = reference
+        refs, in_dtype = reference[0], reference[1]
+        if case.stage == "stability" and len(reference) > 2:
+            evidence.kind_problem = reference[2]  # checked by the reference worker, on the inputs it drew
         in_dtype = in_dtype or torch.float32
         out_dtype = spec.out_dtype(in_dtype) if spec.out_dtype else in_dtype
         first_dtype = in_dtype
@@ -552,6 +683,13 @@ def stage_evidence(cases: list[Case], evidence: list[CaseEvidence], notes: dict[
         stage_cases = [e for c, e in zip(cases, evidence) if c.stage == name]
         if not stage_cases and not notes.get(name):
             continue
-        stages.append(StageEvidence(name=name, passed=all(e.passed for e in stage_cases), cases=stage_cases,
-                                    notes=list(notes.get(name, []))))
+        stage = StageEvidence(name=name, passed=all(e.passed for e in stage_cases), cases=stage_cases,
+                              notes=list(notes.get(name, [])))
+        problems = list(dict.fromkeys(e.kind_problem for e in stage_cases if e.kind_problem))
+        if problems:
+            # The cases ran, but not on the inputs the stage is named for: it tested nothing it claims.
+            stage.exercised = False
+            stage.notes.append("not exercised: the input factory does not produce these kinds of input ("
+                               + "; ".join(problems) + ")")
+        stages.append(stage)
     return stages

@@ -1,6 +1,10 @@
 """What a kernel file's Triton kernels compile to on an H100, worked out on any machine, GPU or not.
 
     python -m autokernel_ci.harness.ptx --op rmsnorm [--candidate FILE] [--shape rows=16384,dim=4096] [--dtype bf16]
+    python -m autokernel_ci.harness.ptx --task NAME [--config .autokernel.yml] [--shape dim=value,…]
+
+`--task` takes any kernel named in the config, your own included: its input factory draws the inputs,
+its `entry` is called, and its file is inspected unless `--candidate` names another.
 
 Triton compiles for a CUDA target without a GPU (the compiler and ptxas come with it); only running
 needs one. This calls the kernel file's `kernel_fn` on CPU tensors of the given shape with every
@@ -195,13 +199,22 @@ def _parse_shape(text: str) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autokernel_ci.harness.ptx", description=__doc__.splitlines()[0])
-    parser.add_argument("--op", required=True, help="a built-in op: its input factory and, without --candidate, "
-                                                   "its starter kernel")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--op", help="a built-in op: its input factory and, without --candidate, its starter kernel")
+    which.add_argument("--task", help="a kernel named in .autokernel.yml (built-in op or your own): its input "
+                                      "factory, its entry function and, without --candidate, its file")
+    parser.add_argument("--config", type=Path, help="the config for --task (default: ./.autokernel.yml)")
     parser.add_argument("--candidate", type=Path, help="the kernel file (default: the op's starter kernel)")
-    parser.add_argument("--shape", help="dims as name=value,… (default: the op's first benchmark shape)")
+    parser.add_argument("--shape", help="dims as name=value,… (default: the first benchmark shape, else the "
+                                        "largest test shape)")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--json", type=Path, help="write the summaries here")
     args = parser.parse_args(argv)
+    from autokernel_ci.harness import bwrap
+
+    inside = os.environ.get(bwrap.INSIDE_ENV) == "1"
+    if inside:
+        os.environ.pop("TRITON_INTERPRET", None)  # the sandbox's CPU environment sets it; compiling needs the JIT
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("TRITON_INTERPRET=1 replaces Triton's JIT: run this without it")
     import tempfile
@@ -211,20 +224,50 @@ def main(argv: list[str] | None = None) -> int:
     from autokernel_ci.ops import OP_NAMES, get_op, starter_source
     from autokernel_ci.ops.base import DTYPES
 
-    if args.op not in OP_NAMES:
+    entry, default_path, label = "kernel_fn", None, args.op
+    if args.task:
+        from autokernel_ci.tasks import resolve_task
+
+        try:
+            task = resolve_task(args.task, args.config)
+        except AutokernelError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if task.kind == "kernelbench":
+            parser.error(f"{args.task} is a KernelBench task: its ModelNew is not a kernel_fn to inspect")
+        spec, entry, default_path, label = task.spec, task.entry, task.path, task.name
+        from autokernel_ci.tasks import InSandbox, task_inputs_from_wire
+
+        if isinstance(spec.make_inputs, InSandbox):  # the input factory is repository code
+            if not inside and bwrap.sandbox_mode() == "bwrap":
+                # Run this whole command in the sandbox, as profile and verify do.
+                return bwrap.run_command_inside(list(sys.argv[1:] if argv is None else argv), [args.json],
+                                                module="autokernel_ci.harness.ptx")
+            from dataclasses import replace
+
+            spec = replace(spec, make_inputs=task_inputs_from_wire(task.to_wire())[0])
+    elif args.op not in OP_NAMES:
         parser.error(f"unknown op {args.op!r}; built-in ops: {', '.join(OP_NAMES)}")
-    spec = get_op(args.op)
-    shape = _parse_shape(args.shape) if args.shape else dict(spec.bench_shapes[0])
+    else:
+        spec = get_op(args.op)
+    shapes = [s for s in spec.bench_shapes if s] or [max(spec.test_shapes, key=lambda s: sum(s.values()))]
+    shape = _parse_shape(args.shape) if args.shape else dict(shapes[0])
     if set(shape) != set(spec.dims):
         parser.error(f"--shape must name {', '.join(spec.dims)}; got {', '.join(shape)}")
-    inputs = spec.make_inputs(shape, DTYPES[args.dtype], torch.Generator().manual_seed(0))
+    try:
+        inputs = spec.make_inputs(shape, DTYPES[args.dtype], torch.Generator().manual_seed(0), "normal")
+    except Exception as exc:  # noqa: BLE001 - the user's input factory failed: say so, with where
+        from autokernel_ci.harness.correctness import user_code_error
+
+        print(f"error: {user_code_error(f'the input factory of {label}', exc)}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.candidate
+        path = args.candidate or default_path
         if path is None:
             path = Path(tmp) / f"{args.op}.py"
             path.write_text(starter_source(args.op))
         try:
-            summaries = inspect_source(path, tuple(inputs))
+            summaries = inspect_source(path, tuple(inputs), entry=entry)
         except AutokernelError as exc:  # a file that is missing, does not import, or has no kernel_fn
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -234,16 +277,20 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
     if not summaries:
-        print(f"error: {path}'s kernel_fn launched no Triton kernel", file=sys.stderr)
+        print(f"error: {path}'s {entry} launched no Triton kernel", file=sys.stderr)
         return 1
-    print(f"{args.op} {'×'.join(str(v) for v in shape.values())} {args.dtype}, "
-          f"{args.candidate or 'starter kernel'}, compiled for sm_90a:")
+    print(f"{label} {'×'.join(str(v) for v in shape.values())} {args.dtype}, "
+          f"{args.candidate or default_path or 'starter kernel'}, compiled for sm_90a:")
     for s in summaries:
         print(f"  {s.kernel}: {s.num_warps} warps, {s.instructions} PTX instructions a thread; global loads "
               f"{_widths(s.global_loads)}, stores {_widths(s.global_stores)}; shared ld/st {s.shared_loads}/"
               f"{s.shared_stores}, barriers {s.barriers}, special-function ops {s.special}")
     if args.json:
-        args.json.write_text(json.dumps([s.to_dict() for s in summaries], indent=1))
+        try:
+            args.json.write_text(json.dumps([s.to_dict() for s in summaries], indent=1))
+        except OSError as exc:
+            print(f"error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return 0
 
 

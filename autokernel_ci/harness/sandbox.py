@@ -331,11 +331,13 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
     if findings:
         return _finish(result, Status.REJECTED, _findings_message(findings), started, findings=findings)
 
+    if seed is None:  # a fresh plan seed, recorded, so that a failure can be reproduced from it
+        seed = random.SystemRandom().randrange(1, 2**31 - 1)
     cases, plan_notes = plan_cases(task.spec, device, seed=seed, stages=stages or STAGES,
                                    include_bench_shapes=include_bench_shapes)
     if device == "cpu":
         plan_notes += anticheat.interpreter_notes(source)
-    result.seeds = [c.seed for c in cases]
+    result.seeds, result.plan_seed = [c.seed for c in cases], seed
     # The worker learns a case (its shape, dtype and seed) only when the parent sends it.
     request = {"task": task.to_wire(), "candidate": str(path.resolve()), "device": device, "poison": True,
                "n_cases": len(cases)}
@@ -361,6 +363,10 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
         result.worker_log = run.log_tail[-2000:]
         verdict = _verdict(task, cases, run, device, plan_notes, result, started, reference, timeout, anticheat)
         if verdict is not None:
+            if verdict.status is Status.FAIL and include_bench_shapes is None:
+                from autokernel_ci.harness.correctness import reproduce_command
+
+                verdict.reproduce = reproduce_command(task, path, seed, tuple(stages or STAGES), device)
             return verdict
         data = run.result or {}
         timed = _judge_timed_outputs(task, data, timing, device, reference) if timing is not None else None
@@ -454,8 +460,8 @@ class _ReferenceSide:
             self.ops = {str(op) for op in message.header["ops"]}
         self.results[case["index"]] = message
 
-    def given(self, index: int) -> tuple[tuple[Any, ...], Any] | None:
-        """(reference outputs, inputs' floating dtype) for judge_case, or None: computed there."""
+    def given(self, index: int) -> tuple[Any, ...] | None:
+        """(reference outputs, inputs' floating dtype, kind problem) for judge_case, or None: computed there."""
         if not self.remote:
             return None
         import torch
@@ -463,7 +469,7 @@ class _ReferenceSide:
         message = self.results[index]
         name = message.header.get("in_dtype")
         dtype = getattr(torch, name) if isinstance(name, str) and hasattr(torch, name) else None
-        return tuple(t.to(self.device) for t in message.tensors), dtype
+        return tuple(t.to(self.device) for t in message.tensors), dtype, message.header.get("kind_problem")
 
     def close(self) -> None:
         if self.session is not None:

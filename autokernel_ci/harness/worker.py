@@ -286,7 +286,11 @@ def _run_case(ctx: _Context, case: Any, entry: Any) -> tuple[dict[str, Any], tup
     torch = ctx.torch
     report: dict[str, Any] = {"index": case.index, "error": None, "inputs_changed": [], "output_problem": None,
                               "ops": {}, "seconds": 0.0}
-    args = make_case_inputs(ctx.make_inputs, case, ctx.device)
+    try:
+        args = make_case_inputs(ctx.make_inputs, case, ctx.device)
+    except Exception as exc:  # noqa: BLE001 - the task's input factory failed, not the candidate (parent checks)
+        report["input_error"] = _describe(exc)
+        return report
     pristine = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
     recorder = ctx.anticheat.OpRecorder()
     start = time.perf_counter()

@@ -33,8 +33,10 @@ def correctness_line(result: EvalResult) -> str:
     if abs_errs or rel_errs:
         worst = "; worst error " + ", ".join(
             f"{kind} {_sci(max(errs))}" for kind, errs in (("abs", abs_errs), ("rel", rel_errs)) if errs)
+    idle = [s.name for s in result.stages if not s.exercised]
+    unexercised = f"; NOT exercised: {', '.join(idle)} (see the notes)" if idle else ""
     return (f"{result.status.value}: {sum(c.passed for c in cases)}/{len(cases)} checks in {len(result.stages)} "
-            f"stages ({stages}); {len(set(result.seeds))} seeds{worst}")
+            f"stages ({stages}); {len(set(result.seeds))} seeds{worst}{unexercised}")
 
 
 def roofline_line(result: EvalResult) -> str:
@@ -118,7 +120,8 @@ def _correctness(results: Sequence[LoopResult]) -> list[str]:
             kinds = sorted({c.kind for c in stage.cases})
             abs_errs = [c.max_abs_err for c in stage.cases if c.max_abs_err is not None]
             rel_errs = [c.max_rel_err for c in stage.cases if c.max_rel_err is not None]
-            lines.append(f"| {stage.name} | {sum(c.passed for c in stage.cases)}/{len(stage.cases)} | "
+            idle = "" if stage.exercised else " (**not exercised**)"
+            lines.append(f"| {stage.name} | {sum(c.passed for c in stage.cases)}/{len(stage.cases)}{idle} | "
                          f"{', '.join(shapes)} | {', '.join(dtypes)} | {', '.join(kinds)} | "
                          f"{len({c.seed for c in stage.cases})} | {_sci(max(abs_errs)) if abs_errs else '-'} | "
                          f"{_sci(max(rel_errs)) if rel_errs else '-'} |")
@@ -134,16 +137,21 @@ def _experiment_log(results: Sequence[LoopResult]) -> list[str]:
     for r in results:
         reverted = r.reverted_by_reason()
         by_reason = ", ".join(f"{reverted[v]} {v}" for v in REVERT_VERDICTS if v in reverted) or "none"
-        noise = f"{r.noise:.1%}" if r.noise is not None else "-"
+        if r.noise is not None:
+            noise = f"Run-to-run noise {r.noise:.1%}"
+        elif not r.representative:
+            noise = "No run-to-run noise on the CPU interpreter (its timings follow the machine's load)"
+        else:
+            noise = "Run-to-run noise not measured"
         lines += [f"**{r.task}**: {len(r.tried)} tried, {len(r.kept)} kept, reverted: {by_reason}. "
-                  f"Run-to-run noise {noise}; {r.elapsed_s / 60:.1f} min; proposer `{r.proposer}`; "
+                  f"{noise}; {r.elapsed_s / 60:.1f} min; proposer `{r.proposer}`; "
                   f"stopped because {r.stop_reason or 'the run ended'}.", ""]
         if r.kept:
             lines += ["| # | change | vs previous | vs start | % roofline | commit |",
                       "| ---: | --- | ---: | ---: | ---: | --- |"]
             for e in r.kept:
                 vs_prev = f"{1 / e.gate_ratio:.2f}×" if e.gate_ratio else "-"
-                vs_start = f"{e.gate_speedup_vs_start:.2f}×" if e.gate_speedup_vs_start else "-"
+                vs_start = f"{e.speedup_vs_start:.2f}×" if e.speedup_vs_start else "-"
                 lines.append(f"| {e.n} | {_cell(e.description)} | {vs_prev} | {vs_start} | {_pct(e.pct_roofline)} | "
                              f"`{(e.commit or '')[:10]}` |")
             lines.append("")

@@ -53,30 +53,37 @@ def plot_progress(results: Sequence[LoopResult], path: Path) -> Path | None:
 
 
 def speedup_of(e) -> float | None:
-    """Start ÷ this: the full-gate measurement where there is one (kept and incumbents), else the screening one."""
-    return e.gate_speedup_vs_start or e.speedup_vs_start
+    """Start ÷ this, as the loop compared it (`Experiment.speedup_vs_start`): a candidate judged slower than
+    the incumbent sits below the best-so-far line."""
+    return e.speedup_vs_start
 
 
-def _plot_speedup(ax, r: LoopResult, color: str) -> None:
+def speedup_series(r: LoopResult) -> tuple[list[tuple[int, float]], list[tuple[int, float]], list[tuple[int, float]]]:
+    """(tried points, kept points, the best-so-far step line) of one run, as (experiment, speed-up) pairs:
+    exactly what the plot draws."""
     measured = [e for e in r.experiments if speedup_of(e)]
-    ax.scatter([e.n for e in measured if not e.kept], [speedup_of(e) for e in measured if not e.kept],
-               s=14, color=color, alpha=0.45, label=f"{r.task}: tried")
-    kept = [e for e in measured if e.kept]
-    if kept:
-        ax.scatter([e.n for e in kept], [speedup_of(e) for e in kept], marker="*", s=140, color=color,
-                   edgecolor="black", linewidth=0.6, zorder=3, label=f"{r.task}: kept")
-    best_x, best_y, best = [], [], None
+    tried = [(e.n, speedup_of(e)) for e in measured if not e.kept]
+    kept = [(e.n, speedup_of(e)) for e in measured if e.kept]
+    line, best = [], None
     for e in r.experiments:
         if e.is_incumbent and speedup_of(e):
             best = speedup_of(e)
         if best is not None:
-            best_x.append(e.n)
-            best_y.append(best)
-    if best_x:
-        ax.step(best_x, best_y, where="post", color=color, linewidth=1.2)
+            line.append((e.n, best))
+    return tried, kept, line
+
+
+def _plot_speedup(ax, r: LoopResult, color: str) -> None:
+    tried, kept, line = speedup_series(r)
+    ax.scatter([n for n, _ in tried], [y for _, y in tried], s=14, color=color, alpha=0.45, label=f"{r.task}: tried")
+    if kept:
+        ax.scatter([n for n, _ in kept], [y for _, y in kept], marker="*", s=140, color=color,
+                   edgecolor="black", linewidth=0.6, zorder=3, label=f"{r.task}: kept")
+    if line:
+        ax.step([n for n, _ in line], [y for _, y in line], where="post", color=color, linewidth=1.2)
     failed = [e.n for e in r.experiments if e.verdict in FAILED]
     if failed:
-        low = min([speedup_of(e) for e in measured] or [1.0])
+        low = min([y for _, y in tried + kept] or [1.0])
         ax.scatter(failed, [low * 0.9] * len(failed), marker="x", s=24, color="crimson",
                    label=f"{r.task}: failed gate")
 

@@ -34,6 +34,10 @@ def print_eval_result(result: EvalResult, console=None) -> None:
                              else "; timings not representative")
     console.print(f"[bold]{result.task}[/] ← {result.candidate}  [dim]({where}, {result.duration_s:.1f} s)[/]")
     console.print(f"[{STATUS_STYLE[result.status]}]{result.status.value}[/]  {result.message}")
+    if result.reproduce:
+        from rich.markup import escape
+
+        console.print(f"reproduce: {escape(result.reproduce)}")
     if result.sandbox and result.sandbox != "bubblewrap":
         console.print(f"[yellow]ran {result.sandbox}: no OS sandbox isolated the candidate[/]")
     if result.stages:
@@ -45,7 +49,8 @@ def print_eval_result(result: EvalResult, console=None) -> None:
             abs_errs = [c.max_abs_err for c in stage.cases if c.max_abs_err is not None]
             rel_errs = [c.max_rel_err for c in stage.cases if c.max_rel_err is not None]
             table.add_row(stage.name, f"{passed}/{len(stage.cases)}",
-                          "[green]pass[/]" if stage.passed else "[red]fail[/]",
+                          {"pass": "[green]pass[/]", "fail": "[red]fail[/]"}.get(stage.verdict,
+                                                                               "[yellow]not exercised[/]"),
                           _fmt(max(abs_errs) if abs_errs else None), _fmt(max(rel_errs) if rel_errs else None),
                           "; ".join(stage.notes))
         console.print(table)

@@ -407,7 +407,7 @@ def _history(history: list[Experiment], out_dir: Path | None, task: KernelTask) 
         return "(nothing tried yet)"
     rows = ["| # | verdict | speed vs start | % roofline | description |", "| ---: | --- | ---: | ---: | --- |"]
     for r in tried[-HISTORY_ROWS:]:
-        speed = r.gate_speedup_vs_start or r.speedup_vs_start
+        speed = r.speedup_vs_start
         speed_text = f"{speed:.3f}×" if speed else "-"
         pct = f"{r.pct_roofline:.1f}" if r.pct_roofline is not None else "-"
         rows.append(f"| {r.n} | {r.verdict} | {speed_text} | {pct} | {_cell(r.description)} |")
@@ -471,7 +471,7 @@ def build_messages(task: KernelTask, best_source: str, best_result: EvalResult |
     if incumbent is None:
         best_label = "the starting file"
     else:
-        speed = incumbent.gate_speedup_vs_start or incumbent.speedup_vs_start
+        speed = incumbent.speedup_vs_start
         best_label = f"experiment {incumbent.n}, {incumbent.verdict}" + (f", {speed:.3f}× the start" if speed else "")
     kind_line = {"kernelbench": "A KernelBench task: the file defines `ModelNew`, a drop-in for the reference's "
                                 "`Model` (same constructor and forward), built from your own kernels.",

@@ -62,8 +62,11 @@ class Experiment:
     ratio_hi: float | None = None
     gate_ratio: float | None = None
     threshold: float | None = None
-    speedup_vs_start: float | None = None  # screening measurements, start ÷ this
-    gate_speedup_vs_start: float | None = None  # full-gate measurements, start ÷ this
+    # Start ÷ this, from what the loop compared: for the incumbents (baseline, kept), the full gate's score
+    # of the start ÷ theirs; for any other candidate, the incumbent's figure × the candidate's speed-up over
+    # it in the comparison that decided it (`ratio`, or `gate_ratio` when the full gate ran). Every report
+    # (TSV, terminal, summary, PR body, plot) shows this one figure.
+    speedup_vs_start: float | None = None
     pct_roofline: float | None = None  # mean over the timed shapes
     timings: list[dict[str, Any]] = field(default_factory=list)  # per shape: shape, dtype, median_us, pct_roofline
     representative: bool = False  # False on the CPU interpreter: the times say nothing about GPU speed
