@@ -273,3 +273,13 @@ def test_the_tuner_writes_the_entry_of_the_gpu_it_runs_on():
     knobs = discover_knobs(candidate.source, task.spec)
     assert read_point(candidate.source, knobs) == read_point(source, knobs)
     assert read_point(candidate.source, knobs, H200) == {**read_point(source, knobs), **candidate.params}
+
+
+@pytest.mark.parametrize("op", ["rmsnorm", "layernorm", "softmax", "add_rmsnorm"])
+def test_every_row_wise_launcher_reads_the_gpu_entry(op, tmp_path):
+    import torch
+
+    source = apply_point(starter_source(op), {"BLOCK_SIZE": 1024, "ROWS_PER_PROGRAM": 4, "NUM_WARPS": 2}, "cpu")
+    module = _load(source, tmp_path, f"{op}_per_gpu")
+    assert module._launch_config(64, 4096, module._tuned(torch.device("cpu"), 64)) == (1024, 4, 2)
+    assert module._launch_config(64, 4096, module._tuned(torch.device("meta"), 64)) == module._launch_config(64, 4096)
