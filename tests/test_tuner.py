@@ -283,3 +283,19 @@ def test_every_row_wise_launcher_reads_the_gpu_entry(op, tmp_path):
     module = _load(source, tmp_path, f"{op}_per_gpu")
     assert module._launch_config(64, 4096, module._tuned(torch.device("cpu"), 64)) == (1024, 4, 2)
     assert module._launch_config(64, 4096, module._tuned(torch.device("meta"), 64)) == module._launch_config(64, 4096)
+
+
+def test_the_other_launchers_read_the_gpu_entry(tmp_path):
+    import torch
+
+    cpu = torch.device("cpu")
+    swiglu = _load(apply_point(starter_source("swiglu"), {"BLOCK_SIZE": 1024, "NUM_WARPS": 2}, "cpu"), tmp_path,
+                   "swiglu_per_gpu")
+    assert swiglu._launch_config(1 << 20, swiglu._tuned(cpu, 256)) == (1024, 2)
+    rope = _load(apply_point(starter_source("rope"), {"HEADS_PER_PROGRAM": 2, "NUM_WARPS": 1}, "cpu"), tmp_path,
+                 "rope_per_gpu")
+    assert rope._launch_config(4096, 32, 128, rope._tuned(cpu, 4096))[1:] == (2, 1)
+    ce = _load(apply_point(starter_source("cross_entropy"), {"BLOCK_SIZE": 1024, "NUM_WARPS": 4, "VOCAB_SPLITS": 2},
+                           "cpu"), tmp_path, "ce_per_gpu")
+    block, warps, splits, _ = ce._launch_config(4096, 32000, ce._tuned(cpu, 4096))
+    assert (block, warps, splits) == (1024, 4, 2)
