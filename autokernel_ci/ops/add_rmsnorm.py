@@ -144,7 +144,7 @@ def _add_rmsnorm_fwd_kernel(
         x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         r = tl.load(r_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         # The weight is read with x and r, not after the reduction, so its latency overlaps theirs
-        # (decode shapes on an H100: 5.5-6.1 µs became 5.2-5.4 µs; benchmarks/RESULTS.md, run 10).
+        # (at decode shapes on an H100, about 6 % faster).
         w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         h = (x + r).to(H_ptr.dtype.element_ty)
         tl.store(h_rows + cols[None, :], h, mask=mask)

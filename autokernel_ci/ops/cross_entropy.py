@@ -142,8 +142,7 @@ def _cross_entropy_partial_kernel(
 
     A running max per lane instead (no reduction a step, but a compare, a select and an exponential of
     |x − m| an element) measured slower on an H100 at every benchmark shape: 4096×32000 131 µs against
-    108 µs here, 4096×128256 426 against 368, one row of 32000 9.8 against 8.8 µs
-    (benchmarks/RESULTS.md, run 9).
+    108 µs here, 4096×128256 426 against 368, one row of 32000 9.8 against 8.8 µs.
     """
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)

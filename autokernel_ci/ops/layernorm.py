@@ -140,7 +140,7 @@ def _layernorm_fwd_kernel(
         x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         # Weight and bias are read before the two reductions, not after them, so their memory latency
         # overlaps x's instead of following the reductions' barriers: at decode shapes (1-16 rows)
-        # 5.9-6.1 µs became 5.2-5.4 µs on an H100 (benchmarks/RESULTS.md, run 10).
+        # 5.9-6.1 µs became 5.2-5.4 µs on an H100.
         w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         b = tl.load(B_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         d = tl.where(mask, x - shift, 0.0)
