@@ -292,6 +292,7 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
             timings[name] = _time(name, getattr(fn, "fn", fn), args, kwargs, timing, "cuda" if on_gpu else "cpu")
             if snapshot is not None:
                 fn.add(snapshot, calls=max(timings[name].count, 1))
+            step(_timing_line(timings[name]))
     compile_choice: dict[str, Any] = {}
     measure = compile_swaps == "measure" or (compile_swaps == "auto" and on_gpu)
     if compile and time_variants and report.swaps and not compile_errors and measure:
@@ -299,7 +300,7 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
         choice = compile_check.decide(
             model, list(report.ops()), sources, args, kwargs, timings["compile"], timings["patched+compile"],
             lambda m: torch.compile(m, backend=compile_backend),
-            lambda label, fn: _time(label, fn, args, kwargs, timing, "cuda" if on_gpu else "cpu"))
+            lambda label, fn: _timed_step(step, _time(label, fn, args, kwargs, timing, "cuda" if on_gpu else "cpu")))
         compile_choice = choice.to_dict()
         notes.extend(compile_check.describe(choice.decisions, True, report.ops()))
         notes.extend([choice.note] if choice.note else [])
@@ -367,6 +368,17 @@ def _time(name: str, fn: Any, args: list[Any], kwargs: dict[str, Any], options: 
     except Exception as exc:
         return VariantTiming(name, None, error=f"{type(exc).__name__}: {exc}"[:300])
     return VariantTiming(name, t.median_us, t.iqr_us, t.count, list(t.samples_us))
+
+
+def _timing_line(t: VariantTiming) -> str:
+    if t.median_us is None:
+        return f"{t.name}: no timing ({t.error})"
+    return f"{t.name}: {t.median_us / 1000:.3f} ms (IQR {(t.iqr_us or 0) / 1000:.3f} ms, {t.count} calls)"
+
+
+def _timed_step(step: Callable[[str], None], t: VariantTiming) -> VariantTiming:
+    step(_timing_line(t))
+    return t
 
 
 def _describe(a: Any) -> str:
