@@ -265,12 +265,7 @@ class SwapState:
     op: str
     slot: int
     original: Callable[..., Any] | None  # the instance's own forward before the swap, if it had one
-    python_fallbacks: Counter[str] = field(default_factory=Counter)
-
-    def original_forward(self, module: nn.Module) -> Callable[..., Any]:
-        if self.original is not None:
-            return self.original
-        return types.MethodType(type(module).forward, module)
+    python_fallbacks: Counter[str] = field(default_factory=Counter)  # not counted under torch.compile
 
 
 def _state(module: nn.Module) -> SwapState:
@@ -291,8 +286,13 @@ def _fallback_reason(module: nn.Module, x: torch.Tensor, params: Iterable[torch.
 
 def _fall_back(module: nn.Module, reason: str, *args: Any) -> Any:
     state = _state(module)
-    state.python_fallbacks[reason] += 1
-    return state.original_forward(module)(*args)
+    if not torch.compiler.is_compiling():
+        # Under torch.compile this line would be traced: a counter mutated in the graph is guarded on
+        # and recompiles the frame at every call (until the recompile limit), so it is not counted there.
+        state.python_fallbacks[reason] += 1
+    if state.original is not None:
+        return state.original(*args)
+    return type(module).forward(module, *args)  # not types.MethodType: dynamo cannot trace building one
 
 
 def _norm_eps(module: nn.Module, x: torch.Tensor) -> float:
@@ -615,7 +615,8 @@ def functional(op: str, kernel: KernelSource = None) -> Callable[..., torch.Tens
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         if needs_grad or kernel_supports(tensors[0]) or any(t.dtype != tensors[0].dtype for t in tensors):
-            slot.fallbacks["autograd" if needs_grad else "device-or-dtype"] += 1
+            if not torch.compiler.is_compiling():
+                slot.fallbacks["autograd" if needs_grad else "device-or-dtype"] += 1
             return reference(*args)
         return custom(*args, slot.index)
 

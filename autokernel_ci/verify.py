@@ -89,6 +89,9 @@ class VerifyResult:
     created_at: str = ""
     duration_s: float = 0.0
     environment: dict[str, Any] = field(default_factory=dict)
+    # under torch.compile: graph breaks and recompiles per compiled variant, and the swap set decided there
+    compile_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    compile_choice: dict[str, Any] = field(default_factory=dict)
 
     def speedup(self, variant: str, baseline: str) -> float | None:
         a, b = self.timings.get(variant), self.timings.get(baseline)
@@ -103,7 +106,12 @@ class VerifyResult:
             "compile vs eager": self.speedup("compile", "eager"),
             "patched+compile vs compile": self.speedup("patched+compile", "compile"),
             "patched+compile vs eager": self.speedup("patched+compile", "eager"),
+            "chosen swap set + compile vs compile": self._chosen_speedup(),
         }
+
+    def _chosen_speedup(self) -> float | None:
+        base, chosen = self.timings.get("compile"), self.compile_choice.get("median_us")
+        return base.median_us / chosen if base is not None and base.median_us and chosen else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -200,6 +208,7 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
                  time_variants: bool = True, timing: TimingOptions | None = None, compile: bool = True,
                  compile_backend: str = "inductor", fp32_reference: bool = True,
                  factory_kwargs: dict[str, Any] | None = None, custom: Mapping[str, str] | None = None,
+                 compile_swaps: str = "auto",
                  on_step: Callable[[str], None] | None = None) -> VerifyResult:
     """Swap the kernels into the target model and check it; see the module docstring.
 
@@ -208,10 +217,12 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
     `swap` list, else `runtime.DEFAULT_OPS`. `time_variants=False` skips the timing. `custom` maps a kernel
     task of the config (your own kernel included) to the `module:attr` of the model's code it replaces:
     a module class (each instance's forward becomes the task's entry function) or a function.
+    `compile_swaps`: "measure" decides the swap set under compile by timing (`compile_check.decide`),
+    "all" keeps every swapped op, "auto" measures on a GPU only.
     """
     import torch
 
-    from autokernel_ci import runtime
+    from autokernel_ci import compile_check, runtime
     from autokernel_ci.harness.device import device_info
     from autokernel_ci.profiling import build_model
 
@@ -243,8 +254,9 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
 
     compiled: dict[str, Any] = {}
     if compile:
-        compiled = {"compile": torch.compile(model, backend=compile_backend),
-                    "patched+compile": torch.compile(patched, backend=compile_backend)}
+        compiled = {"compile": compile_check.CompileWatch(torch.compile(model, backend=compile_backend), "compile"),
+                    "patched+compile": compile_check.CompileWatch(torch.compile(patched, backend=compile_backend),
+                                                                  "patched+compile")}
     cases = [("example", args, kwargs)] + [(f"seed {s}", *fresh_inputs(args, kwargs, s)) for s in seeds]
     checks: list[OutputCheck] = []
     compile_errors: dict[str, str] = {}
@@ -285,7 +297,28 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
                 timings[name] = VariantTiming(name, None, error=compile_errors[name])
                 continue
             step(f"timing {name}")
-            timings[name] = _time(name, callables[name], args, kwargs, timing, "cuda" if on_gpu else "cpu")
+            fn = callables[name]
+            snapshot = fn.snapshot() if isinstance(fn, compile_check.CompileWatch) else None
+            timings[name] = _time(name, getattr(fn, "fn", fn), args, kwargs, timing, "cuda" if on_gpu else "cpu")
+            if snapshot is not None:
+                fn.add(snapshot, calls=max(timings[name].count, 1))
+            step(_timing_line(timings[name]))
+    compile_choice: dict[str, Any] = {}
+    measure = compile_swaps == "measure" or (compile_swaps == "auto" and on_gpu)
+    if compile and time_variants and report.swaps and not compile_errors and measure:
+        step("deciding the swap set under torch.compile, one op at a time")
+        choice = compile_check.decide(
+            model, list(report.ops()), sources, args, kwargs, timings["compile"], timings["patched+compile"],
+            lambda m: torch.compile(m, backend=compile_backend),
+            lambda label, fn: _timed_step(step, _time(label, fn, args, kwargs, timing, "cuda" if on_gpu else "cpu")))
+        compile_choice = choice.to_dict()
+        notes.extend(compile_check.describe(choice.decisions, True, report.ops()))
+        notes.extend([choice.note] if choice.note else [])
+    elif compile and report.swaps:
+        notes.extend(compile_check.describe([], False, report.ops()))
+    compile_stats = {name: asdict(fn.stats) for name, fn in compiled.items()}
+    compile_stats.update({s.variant: asdict(s) for s in (choice.stats if compile_choice else [])})
+    notes.extend(f"under torch.compile, {watch.stats.summary()}" for watch in compiled.values())
     failed = [c for c in checks if c.gating and not c.passed]
     never_called = never_called_ops(swapped, kernel_calls, report.fallbacks())
     if failed:
@@ -310,7 +343,8 @@ def verify_model(target: ModelTarget, *, kernels: Mapping[str, Any] | None = Non
         fallbacks=report.fallbacks(), kernel_calls=kernel_calls, representative=on_gpu,
         compile_backend=compile_backend if compile else "", message=message, notes=notes,
         inputs=[_describe(x) for x in args], created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        duration_s=time.monotonic() - started, environment=info.to_dict(),
+        duration_s=time.monotonic() - started, environment=info.to_dict(), compile_stats=compile_stats,
+        compile_choice=compile_choice,
     )
 
 
@@ -471,6 +505,17 @@ def _time(name: str, fn: Any, args: list[Any], kwargs: dict[str, Any], options: 
     except Exception as exc:
         return VariantTiming(name, None, error=f"{type(exc).__name__}: {exc}"[:300])
     return VariantTiming(name, t.median_us, t.iqr_us, t.count, list(t.samples_us))
+
+
+def _timing_line(t: VariantTiming) -> str:
+    if t.median_us is None:
+        return f"{t.name}: no timing ({t.error})"
+    return f"{t.name}: {t.median_us / 1000:.3f} ms (IQR {(t.iqr_us or 0) / 1000:.3f} ms, {t.count} calls)"
+
+
+def _timed_step(step: Callable[[str], None], t: VariantTiming) -> VariantTiming:
+    step(_timing_line(t))
+    return t
 
 
 def _describe(a: Any) -> str:

@@ -152,6 +152,38 @@ def test_ceilings_round_trip_through_json():
 # --- on a GPU ----------------------------------------------------------------------------------
 
 
+def test_a_ceiling_beaten_by_a_trusted_measurement_is_remeasured_and_the_note_says_so(tmp_path):
+    ceilings = measured()
+    device._write_json(ceilings_path(H100, tmp_path), ceilings.to_dict())
+    # cuBLAS at 4096³ ran at 730 TFLOP/s against a calibrated 700: the re-measure finds 740.
+    raised, note = device.recheck(ceilings, "bf16", 730e12, "cuBLAS at 4096×4096×4096", tmp_path,
+                                  measure=lambda name: 740e12)
+    assert raised.flops_per_s["bf16"] == 740e12 and raised.flops_per_s["fp16"] == 700e12
+    assert "above the bf16 matmul ceiling of 700.0" in note and "re-measured 740.0 TFLOP/s" in note
+    assert get_ceilings(H100, cache_dir=tmp_path).flops_per_s["bf16"] == 740e12  # cached
+    assert get_ceilings(H100, cache_dir=tmp_path).details["rechecks"] == [note]
+    pct, _ = pct_of_roofline(None, 2 * 4096**3, "bf16", 2 * 4096**3 / 730e12, raised, "compute")
+    assert pct <= 100.0
+
+
+def test_a_remeasure_that_still_falls_short_takes_the_rate_that_was_reached(tmp_path):
+    ceilings = measured(bandwidth=3.0e12)
+    raised, note = device.recheck(ceilings, "bandwidth", 3.1e12, "torch copy", tmp_path, measure=lambda n: 3.05e12)
+    assert raised.bandwidth_bytes_per_s == 3.1e12 and "still below it" in note
+    unchanged, none = device.recheck(raised, "bandwidth", 3.0e12, "torch copy", tmp_path,
+                                     measure=lambda n: pytest.fail("measured although nothing beat the ceiling"))
+    assert unchanged is raised and none == ""
+
+
+def test_calibration_covers_the_libraries_matmul_benchmark_shapes():
+    from autokernel_ci.ops import get_op
+
+    shapes = device.matmul_shapes()
+    for shape in get_op("matmul").bench_shapes:
+        assert (shape["M"], shape["K"], shape["N"]) in shapes
+    assert len(shapes) == len(set(shapes)) >= 3
+
+
 @pytest.mark.gpu
 def test_gpu_device_info_reports_the_card():
     info = device_info()

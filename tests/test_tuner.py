@@ -212,3 +212,90 @@ def test_llm_proposer_falls_back_to_the_tuner_with_a_reason(settings):
     else:  # pragma: no cover - once the LLM proposer exists, only a missing model falls back
         if settings.llm_model is None:
             assert isinstance(proposer, TunerProposer) and "no LLM model" in note
+
+
+# -- knobs per GPU ------------------------------------------------------------------------------------
+
+H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+
+
+def test_a_gpu_entry_is_written_beside_the_others_and_the_defaults_stay():
+    source = starter_source("rmsnorm")
+    on_h100 = apply_point(source, {"NUM_WARPS": 8}, H100)
+    both = apply_point(on_h100, {"NUM_WARPS": 4, "ROWS_PER_PROGRAM": 2}, H200)
+    knobs = discover_knobs(both, builtin_task("rmsnorm").spec)
+    assert read_point(both, knobs) == read_point(source, knobs)  # the defaults are untouched
+    assert read_point(both, knobs, H100)["NUM_WARPS"] == 8
+    assert read_point(both, knobs, H200) == {**read_point(source, knobs), "NUM_WARPS": 4, "ROWS_PER_PROGRAM": 2}
+    again = apply_point(both, {"NUM_WARPS": 16}, H200)  # a second run on the H200 updates its own entry only
+    assert read_point(again, knobs, H100)["NUM_WARPS"] == 8 and read_point(again, knobs, H200)["NUM_WARPS"] == 16
+    changed = [line for line in difflib.unified_diff(source.splitlines(), again.splitlines(), lineterm="")
+               if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+    assert all("CONFIGS" in line or "NVIDIA" in line or line.strip() in ("-CONFIGS = {}", "+}") for line in changed)
+
+
+def test_a_kernel_file_without_configs_keeps_one_set_of_knobs():
+    # A user's kernel whose launcher reads only its constants: a GPU entry would change nothing it runs.
+    written = apply_point(EXAMPLE_STYLE, {"NUM_WARPS": 8}, H200)
+    assert "CONFIGS" not in written and "NUM_WARPS = 8" in written
+
+
+def _load(source: str, tmp_path, name: str):
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_launcher_takes_the_running_devices_entry_then_its_bucket(tmp_path):
+    import torch
+
+    from autokernel_ci.ops.rmsnorm import reference
+
+    source = apply_point(starter_source("rmsnorm"), {"BLOCK_SIZE": 1024, "NUM_WARPS": 2}, "cpu")
+    source = apply_point(source, {"BLOCK_SIZE": 2048}, "cpu/decode")
+    module = _load(source, tmp_path, "rmsnorm_per_gpu")
+    cpu = torch.device("cpu")
+    assert module._launch_config(64, 4096, module._tuned(cpu, 64))[::2] == (1024, 2)
+    assert module._launch_config(4, 4096, module._tuned(cpu, 4))[0] == 2048
+    assert module._launch_config(64, 4096, module._tuned(torch.device("meta"), 64))[0] == 4096  # the default
+    x, w = torch.randn(20, 4096), torch.rand(4096) + 0.5  # 4096 columns in 1024-column steps: the two-pass path
+    assert torch.allclose(module.kernel_fn(x, w), reference(x, w), atol=1e-5, rtol=1e-5)
+
+
+def test_the_tuner_writes_the_entry_of_the_gpu_it_runs_on():
+    task = builtin_task("rmsnorm")
+    source = starter_source("rmsnorm")
+    candidate = TunerProposer(seed=0, device=H200).propose(task, source, None, [])
+    assert candidate is not None and candidate.description.endswith(f"(for {H200})")
+    knobs = discover_knobs(candidate.source, task.spec)
+    assert read_point(candidate.source, knobs) == read_point(source, knobs)
+    assert read_point(candidate.source, knobs, H200) == {**read_point(source, knobs), **candidate.params}
+
+
+@pytest.mark.parametrize("op", ["rmsnorm", "layernorm", "softmax", "add_rmsnorm"])
+def test_every_row_wise_launcher_reads_the_gpu_entry(op, tmp_path):
+    import torch
+
+    source = apply_point(starter_source(op), {"BLOCK_SIZE": 1024, "ROWS_PER_PROGRAM": 4, "NUM_WARPS": 2}, "cpu")
+    module = _load(source, tmp_path, f"{op}_per_gpu")
+    assert module._launch_config(64, 4096, module._tuned(torch.device("cpu"), 64)) == (1024, 4, 2)
+    assert module._launch_config(64, 4096, module._tuned(torch.device("meta"), 64)) == module._launch_config(64, 4096)
+
+
+def test_the_other_launchers_read_the_gpu_entry(tmp_path):
+    import torch
+
+    cpu = torch.device("cpu")
+    swiglu = _load(apply_point(starter_source("swiglu"), {"BLOCK_SIZE": 1024, "NUM_WARPS": 2}, "cpu"), tmp_path,
+                   "swiglu_per_gpu")
+    assert swiglu._launch_config(1 << 20, swiglu._tuned(cpu, 256)) == (1024, 2)
+    rope = _load(apply_point(starter_source("rope"), {"HEADS_PER_PROGRAM": 2, "NUM_WARPS": 1}, "cpu"), tmp_path,
+                 "rope_per_gpu")
+    assert rope._launch_config(4096, 32, 128, rope._tuned(cpu, 4096))[1:] == (2, 1)
+    ce = _load(apply_point(starter_source("cross_entropy"), {"BLOCK_SIZE": 1024, "NUM_WARPS": 4, "VOCAB_SPLITS": 2},
+                           "cpu"), tmp_path, "ce_per_gpu")
+    block, warps, splits, _ = ce._launch_config(4096, 32000, ce._tuned(cpu, 4096))
+    assert (block, warps, splits) == (1024, 4, 2)

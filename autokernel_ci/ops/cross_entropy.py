@@ -100,6 +100,26 @@ VOCAB_SPLITS = None  # programs per row
 TARGET_PROGRAMS = 4 * 132
 
 
+# Knob values per GPU, over the defaults above, keyed by the device name torch reports ("NVIDIA H200")
+# or by the name and a shape bucket ("NVIDIA H200/decode": 1-16 rows; "/prefill": more). The launcher
+# takes the running GPU's entry for the bucket, else for the GPU, else the defaults.
+CONFIGS = {}
+DECODE_ROWS = 16
+_DEVICE_NAMES = {}
+
+
+def _tuned(device, n_rows):
+    """The CONFIGS entry for `device` at `n_rows` rows, or {}."""
+    if not CONFIGS:
+        return {}
+    if device.type != "cuda":
+        name = device.type
+    else:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = _DEVICE_NAMES.get(index) or _DEVICE_NAMES.setdefault(index, torch.cuda.get_device_name(index))
+    bucket = "decode" if n_rows <= DECODE_ROWS else "prefill"
+    return CONFIGS.get(f"{name}/{bucket}") or CONFIGS.get(name) or {}
+
 @triton.jit
 def _cross_entropy_partial_kernel(
     Logits_ptr,
@@ -122,8 +142,7 @@ def _cross_entropy_partial_kernel(
 
     A running max per lane instead (no reduction a step, but a compare, a select and an exponential of
     |x − m| an element) measured slower on an H100 at every benchmark shape: 4096×32000 131 µs against
-    108 µs here, 4096×128256 426 against 368, one row of 32000 9.8 against 8.8 µs
-    (benchmarks/RESULTS.md, run 9).
+    108 µs here, 4096×128256 426 against 368, one row of 32000 9.8 against 8.8 µs.
     """
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
@@ -190,12 +209,15 @@ def _cross_entropy_mean_kernel(
     tl.store(Loss_ptr, tl.sum(total, axis=0) / n_rows)
 
 
-def _launch_config(n_rows: int, n_cols: int) -> tuple[int, int, int, int]:
+def _launch_config(n_rows: int, n_cols: int, tuned=None) -> tuple[int, int, int, int]:
     """(BLOCK_SIZE, NUM_WARPS, splits, columns per split): the knobs, with None filled from the shape."""
-    block = BLOCK_SIZE if BLOCK_SIZE is not None else min(4096, max(16, triton.next_power_of_2(n_cols)))
-    warps = NUM_WARPS if NUM_WARPS is not None else min(16, max(1, block // 512))
+    tuned = tuned or {}
+    block, warps = tuned.get("BLOCK_SIZE", BLOCK_SIZE), tuned.get("NUM_WARPS", NUM_WARPS)
+    block = block if block is not None else min(4096, max(16, triton.next_power_of_2(n_cols)))
+    warps = warps if warps is not None else min(16, max(1, block // 512))
     steps = triton.cdiv(n_cols, 2 * block)  # a step reads two blocks
-    splits = VOCAB_SPLITS if VOCAB_SPLITS is not None else triton.cdiv(TARGET_PROGRAMS, max(n_rows, 1))
+    splits = tuned.get("VOCAB_SPLITS", VOCAB_SPLITS)
+    splits = splits if splits is not None else triton.cdiv(TARGET_PROGRAMS, max(n_rows, 1))
     splits = max(1, min(splits, steps))
     # Whole steps per split, so only the row's last step is ragged; recount so no split is empty.
     cols_per_split = triton.cdiv(steps, splits) * 2 * block
@@ -215,7 +237,7 @@ def kernel_fn(logits, targets):
     t = targets.contiguous().view(-1)
     n_rows = x.shape[0]
     loss = torch.empty((), dtype=torch.float32, device=logits.device)
-    block, warps, splits, cols_per_split = _launch_config(n_rows, n_cols)
+    block, warps, splits, cols_per_split = _launch_config(n_rows, n_cols, _tuned(logits.device, n_rows))
     row_max = torch.empty((n_rows, splits), dtype=torch.float32, device=logits.device)
     row_sum = torch.empty((n_rows, splits), dtype=torch.float32, device=logits.device)
     if n_rows > 0 and n_cols > 0:

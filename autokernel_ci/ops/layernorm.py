@@ -78,6 +78,27 @@ BLOCK_SIZE = None  # columns per tile (a power of two)
 ROWS_PER_PROGRAM = None  # rows per program (a power of two)
 NUM_WARPS = None
 
+# Knob values per GPU, over the defaults above, keyed by the device name torch reports ("NVIDIA H200")
+# or by the name and a shape bucket ("NVIDIA H200/decode": 1-16 rows; "/prefill": more). The launcher
+# takes the running GPU's entry for the bucket, else for the GPU, else the defaults.
+CONFIGS = {}
+DECODE_ROWS = 16
+_DEVICE_NAMES = {}
+
+
+def _tuned(device, n_rows):
+    """The CONFIGS entry for `device` at `n_rows` rows, or {}."""
+    if not CONFIGS:
+        return {}
+    if device.type != "cuda":
+        name = device.type
+    else:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = _DEVICE_NAMES.get(index) or _DEVICE_NAMES.setdefault(index, torch.cuda.get_device_name(index))
+    bucket = "decode" if n_rows <= DECODE_ROWS else "prefill"
+    return CONFIGS.get(f"{name}/{bucket}") or CONFIGS.get(name) or {}
+
+
 # Rows up to this many columns are normalised in one pass, from registers.
 MAX_SINGLE_PASS = 16384
 
@@ -119,7 +140,7 @@ def _layernorm_fwd_kernel(
         x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         # Weight and bias are read before the two reductions, not after them, so their memory latency
         # overlaps x's instead of following the reductions' barriers: at decode shapes (1-16 rows)
-        # 5.9-6.1 µs became 5.2-5.4 µs on an H100 (benchmarks/RESULTS.md, run 10).
+        # 5.9-6.1 µs became 5.2-5.4 µs on an H100.
         w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         b = tl.load(B_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         d = tl.where(mask, x - shift, 0.0)
@@ -151,17 +172,18 @@ def _layernorm_fwd_kernel(
             tl.store(y_rows + c[None, :], y.to(Y_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch_config(n_rows: int, n_cols: int) -> tuple[int, int, int]:
+def _launch_config(n_rows: int, n_cols: int, tuned=None) -> tuple[int, int, int]:
     """(BLOCK_SIZE, ROWS_PER_PROGRAM, NUM_WARPS): the module's knobs, with None filled from the shape."""
-    block = BLOCK_SIZE
+    tuned = tuned or {}
+    block = tuned.get("BLOCK_SIZE", BLOCK_SIZE)
     if block is None:
         block = triton.next_power_of_2(n_cols) if n_cols <= MAX_SINGLE_PASS else 8192
-    rows = ROWS_PER_PROGRAM
+    rows = tuned.get("ROWS_PER_PROGRAM", ROWS_PER_PROGRAM)
     if rows is None:
         # Short rows: pack several per program so a tile has ~4096 values, while keeping about two
         # programs per SM (132 on an H100) when there are enough rows.
         rows = max(1, min(4096 // block, triton.next_power_of_2(triton.cdiv(n_rows, 264))))
-    warps = NUM_WARPS
+    warps = tuned.get("NUM_WARPS", NUM_WARPS)
     if warps is None:
         # ~16 values a thread: 16-byte vector loads for 16-bit types, and few enough registers.
         warps = min(16, max(1, block * rows // 512))
@@ -187,7 +209,7 @@ def kernel_fn(x, weight, bias, eps=1e-5):
     y = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
     if n_rows == 0 or n_cols == 0:
         return y.view(x.shape)
-    block, rows, warps = _launch_config(n_rows, n_cols)
+    block, rows, warps = _launch_config(n_rows, n_cols, _tuned(x.device, n_rows))
     grid = (triton.cdiv(n_rows, rows),)
     _layernorm_fwd_kernel[grid](
         x2, x2.stride(0), weight.contiguous(), bias.contiguous(), y, y.stride(0), n_rows, n_cols, eps,

@@ -96,6 +96,26 @@ NUM_WARPS = None
 SM_COUNT = 132  # H100 SXM
 
 
+# Knob values per GPU, over the defaults above, keyed by the device name torch reports ("NVIDIA H200")
+# or by the name and a shape bucket ("NVIDIA H200/decode": 1-16 rows; "/prefill": more). The launcher
+# takes the running GPU's entry for the bucket, else for the GPU, else the defaults.
+CONFIGS = {}
+DECODE_ROWS = 16
+_DEVICE_NAMES = {}
+
+
+def _tuned(device, n_rows):
+    """The CONFIGS entry for `device` at `n_rows` rows, or {}."""
+    if not CONFIGS:
+        return {}
+    if device.type != "cuda":
+        name = device.type
+    else:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = _DEVICE_NAMES.get(index) or _DEVICE_NAMES.setdefault(index, torch.cuda.get_device_name(index))
+    bucket = "decode" if n_rows <= DECODE_ROWS else "prefill"
+    return CONFIGS.get(f"{name}/{bucket}") or CONFIGS.get(name) or {}
+
 @triton.jit
 def _rope_fwd_kernel(
     X_ptr,
@@ -144,16 +164,17 @@ def _rope_fwd_kernel(
     tl.store(out_rows + cols[None, :], out.to(Out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch_config(n_positions: int, n_heads: int, head_dim: int) -> tuple[int, int, int]:
+def _launch_config(n_positions: int, n_heads: int, head_dim: int, tuned=None) -> tuple[int, int, int]:
     """(BLOCK_HALF, HEADS_PER_PROGRAM, NUM_WARPS): the knobs, with None filled from the shape."""
     block_half = triton.next_power_of_2(max(head_dim // 2, 1))
-    heads = HEADS_PER_PROGRAM
+    tuned = tuned or {}
+    heads = tuned.get("HEADS_PER_PROGRAM", HEADS_PER_PROGRAM)
     if heads is None:
         # All heads of a position up to a 4096-value tile; fewer when that would leave SMs idle
         # (decode: a handful of positions).
         wanted_per_sm = triton.next_power_of_2(triton.cdiv(n_positions * n_heads, SM_COUNT))
         heads = max(1, min(triton.next_power_of_2(n_heads), 4096 // (2 * block_half), wanted_per_sm))
-    warps = NUM_WARPS
+    warps = tuned.get("NUM_WARPS", NUM_WARPS)
     if warps is None:
         warps = min(16, max(1, heads * 2 * block_half // 512))
     return block_half, heads, warps
@@ -177,7 +198,7 @@ def kernel_fn(x, cos, sin):
     n_positions = batch * seq_len
     if n_positions == 0 or n_heads == 0 or half == 0:
         return out
-    block_half, heads, warps = _launch_config(n_positions, n_heads, head_dim)
+    block_half, heads, warps = _launch_config(n_positions, n_heads, head_dim, _tuned(x.device, n_positions))
     grid = (n_positions, triton.cdiv(n_heads, heads))
     _rope_fwd_kernel[grid](
         x, x.stride(0), x.stride(1), x.stride(2), cos, sin, cos.stride(0), out,

@@ -85,6 +85,26 @@ BLOCK_SIZE = None  # elements per program (a power of two)
 NUM_WARPS = None
 
 
+# Knob values per GPU, over the defaults above, keyed by the device name torch reports ("NVIDIA H200")
+# or by the name and a shape bucket ("NVIDIA H200/decode": 1-16 rows; "/prefill": more). The launcher
+# takes the running GPU's entry for the bucket, else for the GPU, else the defaults.
+CONFIGS = {}
+DECODE_ROWS = 16
+_DEVICE_NAMES = {}
+
+
+def _tuned(device, n_rows):
+    """The CONFIGS entry for `device` at `n_rows` rows, or {}."""
+    if not CONFIGS:
+        return {}
+    if device.type != "cuda":
+        name = device.type
+    else:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = _DEVICE_NAMES.get(index) or _DEVICE_NAMES.setdefault(index, torch.cuda.get_device_name(index))
+    bucket = "decode" if n_rows <= DECODE_ROWS else "prefill"
+    return CONFIGS.get(f"{name}/{bucket}") or CONFIGS.get(name) or {}
+
 @triton.jit
 def _swiglu_fwd_kernel(G_ptr, U_ptr, Y_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
     """y = g · σ(g) · u with σ(g) = 1 / (1 + exp(−g)), in fp32 (Shazeer, "GLU Variants Improve
@@ -100,13 +120,15 @@ def _swiglu_fwd_kernel(G_ptr, U_ptr, Y_ptr, n_elements, BLOCK_SIZE: tl.constexpr
     tl.store(Y_ptr + start + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch_config(n_elements: int) -> tuple[int, int]:
+def _launch_config(n_elements: int, tuned=None) -> tuple[int, int]:
     """(BLOCK_SIZE, NUM_WARPS): the knobs, with None filled from the size."""
-    block = BLOCK_SIZE
+    tuned = tuned or {}
+    block = tuned.get("BLOCK_SIZE", BLOCK_SIZE)
     if block is None:
         # 4096 elements a program; smaller blocks when that would leave most of the 132 SMs idle.
         block = min(4096, max(1024, triton.next_power_of_2(triton.cdiv(n_elements, 132))))
-    warps = NUM_WARPS if NUM_WARPS is not None else min(16, max(1, block // 512))
+    warps = tuned.get("NUM_WARPS", NUM_WARPS)
+    warps = warps if warps is not None else min(16, max(1, block // 512))
     return block, warps
 
 
@@ -120,6 +142,6 @@ def kernel_fn(gate, up):
     n_elements = gate.numel()
     if n_elements == 0:
         return y
-    block, warps = _launch_config(n_elements)
+    block, warps = _launch_config(n_elements, _tuned(gate.device, n_elements // max(gate.shape[-1], 1)))
     _swiglu_fwd_kernel[(triton.cdiv(n_elements, block),)](gate, up, y, n_elements, BLOCK_SIZE=block, num_warps=warps)
     return y

@@ -10,6 +10,13 @@ A knob is something the tuner may set without understanding the kernel:
 
 Rewriting replaces only the bytes of the value expression (located by the parser's line and column
 offsets), so comments, formatting and everything else in the file survive untouched.
+
+**Per GPU.** A kernel file may hold a top-level dict `CONFIGS` of knob values per GPU, keyed by the
+device name as torch reports it (`"NVIDIA H200"`), or by the name and a shape bucket
+(`"NVIDIA H200/decode"`); the launcher looks up the running device there and falls back to the
+top-level constants, the default. With a `device`, `read_point` reads that GPU's entry over the
+defaults and `apply_point` writes that GPU's entry (adding `CONFIGS` if the file has none), leaving
+the defaults and every other GPU's entry as they are.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ AUTOTUNE_PREFIX = "autotune:"
 # Names of integer constants that are launch knobs in most Triton code.
 KNOB_NAME = re.compile(r"(^|_)(BLOCK|WARPS|STAGES|GROUP|TILE|SPLITS?)(_|$)")
 WARP_VALUES = (1, 2, 4, 8, 16)
+CONFIGS_NAME = "CONFIGS"
 STAGE_VALUES = (1, 2, 3, 4, 5)
 
 
@@ -78,12 +86,46 @@ def discover_knobs(source: str, spec: OpSpec | None = None) -> list[Knob]:
     return knobs
 
 
-def read_point(source: str, knobs: list[Knob]) -> dict[str, Any]:
-    return {k.name: k.current for k in knobs}
+def read_point(source: str, knobs: list[Knob], device: str | None = None) -> dict[str, Any]:
+    """The knobs' values in `source`: the defaults, with `device`'s `CONFIGS` entry over them."""
+    point = {k.name: k.current for k in knobs}
+    entry = gpu_configs(source).get(device) if device else None
+    if entry:
+        point.update({k: v for k, v in entry.items() if k in point})
+    return point
 
 
-def apply_point(source: str, point: Mapping[str, Any]) -> str:
-    """`source` with each knob of `point` set to its value; nothing else in the file changes."""
+def gpu_configs(source: str) -> dict[str, dict[str, Any]]:
+    """The file's `CONFIGS`: device (or "device/bucket") → knob values; {} when it has none."""
+    node = _top_level_targets(ast.parse(source)).get(CONFIGS_NAME)
+    if node is None:
+        return {}
+    try:
+        value = ast.literal_eval(node)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): dict(v) for k, v in value.items() if isinstance(v, dict)}
+
+
+def apply_point(source: str, point: Mapping[str, Any], device: str | None = None) -> str:
+    """`source` with each knob of `point` set to its value; nothing else in the file changes.
+
+    With `device`, and a file that has `CONFIGS` (so its launcher reads it), the constant knobs go into
+    `CONFIGS[device]` instead of the top-level defaults; a file without it has only the defaults, and
+    they are written. Autotune pins, which have no per-GPU form, are written in place."""
+    if device and CONFIGS_NAME in _top_level_targets(ast.parse(source)):
+        constants = {k: v for k, v in point.items() if not k.startswith(AUTOTUNE_PREFIX)}
+        rest = {k: v for k, v in point.items() if k.startswith(AUTOTUNE_PREFIX)}
+        tree = ast.parse(source)
+        missing = [k for k in constants if k not in _top_level_targets(tree)]
+        if missing:
+            raise KnobError(f"the kernel file assigns no top-level {missing[0]}")
+        source = _write_gpu_entry(source, device, constants)
+        if not rest:
+            return source
+        point = rest
     tree = ast.parse(source)
     edits: list[tuple[int, int, str]] = []
     targets = _top_level_targets(tree)
@@ -107,6 +149,23 @@ def apply_point(source: str, point: Mapping[str, Any]) -> str:
     for start, end, text in sorted(edits, reverse=True):
         data = data[:start] + text.encode() + data[end:]
     return data.decode()
+
+
+def _write_gpu_entry(source: str, device: str, values: Mapping[str, Any]) -> str:
+    configs = gpu_configs(source)
+    configs[device] = {**configs.get(device, {}), **values}
+    lines = [f"{CONFIGS_NAME} = {{"]
+    for key in configs:
+        inner = ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in configs[key].items())
+        lines.append(f"    {_literal(key)}: {{{inner}}},")
+    text = "\n".join(lines) + "\n}"
+    tree = ast.parse(source)
+    node = _top_level_targets(tree).get(CONFIGS_NAME)
+    offsets = _line_offsets(source)
+    data = source.encode()
+    assert node is not None  # apply_point writes per GPU only into a file that has CONFIGS
+    start, end = _span(offsets, node)
+    return (data[:start] + text.removeprefix(f"{CONFIGS_NAME} = ").encode() + data[end:]).decode()
 
 
 def describe_change(knobs: list[Knob], old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -150,7 +209,7 @@ def _handles_none(tree: ast.Module, name: str) -> bool:
     """Whether the file compares `name` (or a local copied from it) with None, i.e. None means something."""
     aliases = {name}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id == name:
+        if isinstance(node, ast.Assign) and _reads(node.value, name):
             aliases.update(t.id for t in node.targets if isinstance(t, ast.Name))
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops):
@@ -159,6 +218,14 @@ def _handles_none(tree: ast.Module, name: str) -> bool:
             if has_none and any(isinstance(o, ast.Name) and o.id in aliases for o in operands):
                 return True
     return False
+
+
+def _reads(value: ast.expr, name: str) -> bool:
+    """`name` itself, or a per-GPU lookup that falls back to it (`tuned.get("X", name)`)."""
+    if isinstance(value, ast.Name):
+        return value.id == name
+    return (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "get"
+            and len(value.args) == 2 and isinstance(value.args[1], ast.Name) and value.args[1].id == name)
 
 
 def _heuristic_values(name: str, current: int) -> tuple[int, ...]:

@@ -50,6 +50,16 @@ PAIR_SD = 0.2
 FAILED = ("fail", "crash", "timeout", "rejected")
 
 
+def _running_device() -> str | None:
+    """The name of the GPU this process would run on, or None without one."""
+    try:
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except Exception:  # no usable CUDA: the defaults are tuned
+        return None
+
+
 def _key(point: dict[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in point.items()))
 
@@ -58,8 +68,12 @@ class TunerProposer(Proposer):
     name = "tuner"
 
     def __init__(self, *, seed: int = 0, exhaustive_limit: int = 16, initial_points: int | None = None,
-                 kappa: float = 1.0, stop_kappa: float = 2.5, min_gain: float = 0.01) -> None:
+                 kappa: float = 1.0, stop_kappa: float = 2.5, min_gain: float = 0.01,
+                 device: str | None = "auto") -> None:
         self.seed = seed
+        # The GPU whose CONFIGS entry is read and written in a kernel file that has one ("auto": the one
+        # this process sees; None: the file's defaults).
+        self.device = _running_device() if device == "auto" else device
         self.exhaustive_limit = exhaustive_limit
         self.initial_points = initial_points
         self.kappa = kappa
@@ -69,7 +83,7 @@ class TunerProposer(Proposer):
         self._valid_cache: dict[tuple, list[dict[str, Any]]] = {}
 
     def params_of(self, task: KernelTask, source: str) -> dict[str, Any]:
-        return read_point(source, discover_knobs(source, task.spec))
+        return read_point(source, discover_knobs(source, task.spec), self.device)
 
     def propose(self, task: KernelTask, best_source: str, best_result: EvalResult | None,
                 history: list[Experiment]) -> Candidate | None:
@@ -77,7 +91,7 @@ class TunerProposer(Proposer):
         if not knobs:
             self.done_reason = "the kernel file has no knobs the tuner can set"
             return None
-        current = read_point(best_source, knobs)
+        current = read_point(best_source, knobs, self.device)
         names = [k.name for k in knobs]
         tried = {_key(current)}
         observations: list[tuple[dict[str, Any], float | None]] = []
@@ -113,8 +127,10 @@ class TunerProposer(Proposer):
                     return None
             point = pool[int((mean - self.kappa * sd).argmin())]
             how = "exhaustive, model-ordered" if space_size <= self.exhaustive_limit else "model"
-        source = apply_point(best_source, point)
+        source = apply_point(best_source, point, self.device)
         description = describe_change(knobs, current, point)
+        if self.device and source != apply_point(best_source, point):
+            description += f" (for {self.device})"  # written into the file's CONFIGS entry for this GPU
         return Candidate(source=source, description=description, params=dict(point), proposer=f"{self.name} ({how})")
 
     # -- the space -------------------------------------------------------------------------------
