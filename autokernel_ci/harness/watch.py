@@ -22,7 +22,7 @@ from autokernel_ci.results import Finding
 POLL_S = 0.01
 # Versioned and target-prefixed compiler names (x86_64-linux-gnu-g++-13, gcc-12, ld.lld, …).
 COMPILER = re.compile(r"^([a-z0-9_]+-linux-gnu-)?(g\+\+|gcc|c\+\+|cc|cc1plus|cc1|as|ld|collect2|lto-wrapper)"
-                      r"(-\d+(\.\d+)*)?(\.[a-z]+)?$")
+                      r"(-\d+(\.\d+)*)?(\.[a-z]+)?(-real)?$")
 
 
 def _read(path: str) -> str | None:
