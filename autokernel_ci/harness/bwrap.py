@@ -136,21 +136,20 @@ class Mounts:
 @dataclass
 class _Binds:
     args: list[str] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
+    seen: set[tuple[str, str]] = field(default_factory=set)
     read_only: set[str] = field(default_factory=set)
 
     def add(self, flag: str, path: Path, dest: Path | None = None) -> None:
         src = str(path)
-        if src in self.seen or not os.path.exists(src):
+        if (flag, src) in self.seen or not os.path.exists(src):
             return
         # Inside a folder already shown read-only (CUDA_HOME under /usr): nothing to add, and a bind onto a
         # path through a symbolic link there fails.
-        if dest is None and flag == "--ro-bind" and any(
-                src.startswith(seen.rstrip("/") + "/") for seen in self.seen if seen in self.read_only):
+        if dest is None and flag == "--ro-bind" and any(src.startswith(ro.rstrip("/") + "/") for ro in self.read_only):
             return
         if flag == "--ro-bind" and dest is None:
             self.read_only.add(src)
-        self.seen.add(src)
+        self.seen.add((flag, src))
         self.args += [flag, src, str(dest or path)]
 
 
