@@ -194,7 +194,7 @@ def test_a_fail_prints_the_eval_command_that_reproduces_the_same_failing_case(tm
             reference: refs:reference
             inputs: refs:make_inputs
             shapes: [{rows: 3, dim: 8}, {rows: 5, dim: 33}, {rows: 2, dim: 16}]
-            allow: [pointwise]
+            allow: [pointwise, host-transfer]
     """))
 
     def run(*args: str) -> subprocess.CompletedProcess:

@@ -141,6 +141,9 @@ def run_worker(request: dict[str, Any], out_dir: Path | None, timeout: float, en
     mode = mode or bwrap.sandbox_mode()
     device = request.get("device", "cpu")
     mounts = mounts_for(request, device)
+    if env.get("AUTOKERNEL_WORKER_PROFILE"):  # the harness's own profiler output (benchmarks/eval_profile.py)
+        mounts = bwrap.Mounts(scratch=mounts.scratch, read_only=mounts.read_only, gpu=mounts.gpu,
+                              writable=(*mounts.writable, Path(env["AUTOKERNEL_WORKER_PROFILE"]).resolve()))
     handed = standby_workers.take(env, mounts, mode) if standby and standby_workers.enabled(env) else None
     process = handed or spawn(env, mounts, mode, scratch=Path(out_dir) if out_dir else None)
     if cache_key:
