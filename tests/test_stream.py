@@ -57,3 +57,17 @@ def test_malformed_frames_are_a_problem_not_a_crash_of_the_reader(frame, why) ->
     reader = read_all(frame)
     assert reader.problem is not None and why in reader.problem
     assert not reader.finished
+
+
+def test_the_gate_comment_says_when_a_task_ran_unsandboxed() -> None:
+    from autokernel_ci.gate import GateReport, TaskVerdict
+    from autokernel_ci.report.gate_md import render_markdown
+
+    def report(sandbox: str) -> GateReport:
+        verdict = TaskVerdict(task="rmsnorm", verdict="pass", reason="correct", path="kernels/rmsnorm.py",
+                              head_result={"status": "PASS", "sandbox": sandbox})
+        return GateReport(base="main", base_sha="a" * 40, head="pr", head_sha="b" * 40, device="cpu",
+                          timings_measured=False, threshold=0.03, verdicts=[verdict])
+
+    assert "Unsandboxed" in render_markdown(report("process (unsandboxed)"))
+    assert "Unsandboxed" not in render_markdown(report("bubblewrap"))

@@ -80,6 +80,11 @@ def render_markdown(report: GateReport, context: CommentContext | None = None) -
         lines += [links, ""]
     if report.merge_base:
         lines += [compared_line(report), ""]
+    unsandboxed = [v.task for v in report.verdicts
+                   if str((v.head_result or {}).get("sandbox") or "bubblewrap") != "bubblewrap"]
+    if unsandboxed:
+        lines += [f"> **Unsandboxed**: {_one_line(', '.join(unsandboxed))} ran without the OS sandbox "
+                  "(`--sandbox=process`): the pull request's code ran as a plain process on the runner.", ""]
     if not report.timings_measured:
         lines += ["> **Timings were not measured**: there is no GPU on this runner. Every kernel ran under the "
                   "Triton interpreter for correctness only; interpreter timings say nothing about GPU speed, so "

@@ -143,6 +143,11 @@ def _benchmark_rows(results: Sequence[LoopResult]) -> list[str]:
 
 def _anticheat(results: Sequence[LoopResult]) -> list[str]:
     lines = ["**Anti-cheat**"]
+    unsandboxed = [r.task for r in results for res in (r.start_result, r.best_result)
+                   if res is not None and res.sandbox and res.sandbox != "bubblewrap"]
+    if unsandboxed:
+        lines.append(f"- **Unsandboxed**: {', '.join(sorted(set(unsandboxed)))} ran without the OS sandbox "
+                     "(`--sandbox=process`): only the checks inside the candidate's process stood in its way.")
     for r in results:
         findings = r.best_result.findings if r.best_result is not None else []
         rejected = [e for e in r.tried if e.verdict == "rejected"]
