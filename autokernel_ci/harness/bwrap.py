@@ -171,10 +171,26 @@ def _system_paths() -> list[Path]:
     exe = Path(sys.executable)
     paths += [exe.parent, exe.resolve().parent]
     paths.append(package_root() / "autokernel_ci")
+    paths += _toolchain_roots()
     for name in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "ssl", "ca-certificates", "localtime",
                  "nsswitch.conf", "passwd", "group", "hosts"):
         paths.append(Path("/etc") / name)
     return paths
+
+
+def _toolchain_roots() -> list[Path]:
+    """Where the C/C++ compilers Triton and load_inline call live, when outside /usr (a runner's /opt/gcc):
+    the folder above their `bin/`, so their own libraries and headers come along."""
+    roots = []
+    for name in (os.environ.get("CC"), os.environ.get("CXX"), "cc", "gcc", "c++", "g++", "nvcc", "ninja"):
+        found = shutil.which(name) if name else None
+        if not found:
+            continue
+        for exe in {Path(found), Path(os.path.realpath(found))}:
+            folder = exe.parent.parent if exe.parent.name == "bin" else exe.parent
+            if str(folder) not in ("/", "/usr", "/usr/local") and not str(folder).startswith("/usr/"):
+                roots.append(folder)
+    return roots
 
 
 def _gpu_paths() -> list[Path]:

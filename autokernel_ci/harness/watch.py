@@ -20,6 +20,10 @@ from autokernel_ci.harness.bwrap import TOOLCHAIN
 from autokernel_ci.results import Finding
 
 POLL_S = 0.01
+# Programs that run whatever code they are handed: a worker starting one computes outside the process the
+# operator recorder watches. The system's other programs (compilers, `file`, `uname`, ...) are toolchain.
+INTERPRETER = re.compile(r"^(python|pypy|perl|ruby|node|nodejs|java|lua|luajit|Rscript|julia|php|tclsh|wish)"
+                         r"[0-9.]*(-real)?$")
 # Versioned and target-prefixed compiler names (x86_64-linux-gnu-g++-13, gcc-12, ld.lld, …).
 COMPILER = re.compile(r"^([a-z0-9_]+-linux-gnu-)?(g\+\+|gcc|c\+\+|cc|cc1plus|cc1|as|ld|collect2|lto-wrapper)"
                       r"(-\d+(\.\d+)*)?(\.[a-z]+)?(-real)?$")
@@ -143,11 +147,15 @@ class Watcher:
             if not exe or pid == self.root_pid or self._is_sandbox_init(pid, exe):
                 continue
             name = os.path.basename(exe)
-            if (name in TOOLCHAIN or COMPILER.match(name)) and not any(exe.startswith(w) for w in self.writable):
-                self._toolchain_seen = True
+            from_writable = any(exe.startswith(w.rstrip("/") + "/") for w in self.writable)
+            if not from_writable and not INTERPRETER.match(name):
+                # A program of the system's (a compiler, `file`, `uname`): it runs what it always runs.
+                if name in TOOLCHAIN or COMPILER.match(name):
+                    self._toolchain_seen = True
                 self._suspect.pop(pid, None)
                 continue
-            # A fork shows the interpreter until it execs a compiler: flag a process seen twice.
+            # An interpreter (it runs whatever code it is handed) or a program the worker wrote itself. A fork
+            # shows the worker's interpreter until it execs: a process is flagged once seen twice.
             if self._suspect.get(pid) == exe:
                 self._add("sandbox.process", exe, f"the worker started a process ({exe}, pid {pid}): "
                           "work outside the process the harness watches")
