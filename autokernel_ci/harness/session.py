@@ -47,6 +47,8 @@ class Process:
     mode: str
     owns_scratch: bool
     log: list[bytes] = field(default_factory=list)
+    writable: tuple[str, ...] = ()  # where the worker may write, as it sees it (the /proc watch's allowance)
+    drain: threading.Thread | None = None
 
     def log_tail(self) -> str:
         return b"".join(self.log)[-LOG_TAIL:].decode("utf-8", "replace")
@@ -81,8 +83,12 @@ def spawn(env: dict[str, str], mounts: bwrap.Mounts | None, mode: str, scratch: 
     finally:
         os.close(write)
     reader = Reader(read).start()
-    process = Process(proc, reader, scratch, mode, owns)
-    threading.Thread(target=_drain, args=(proc, process.log), name="autokernel-worker-log", daemon=True).start()
+    writable = (str(scratch), "/tmp", *(str(p) for p in mounts.writable),
+                *((child_env["PYTHONPYCACHEPREFIX"],) if child_env.get("PYTHONPYCACHEPREFIX") else ()))
+    process = Process(proc, reader, scratch, mode, owns, writable=writable)
+    process.drain = threading.Thread(target=_drain, args=(proc, process.log), name="autokernel-worker-log",
+                                     daemon=True)
+    process.drain.start()
     return process
 
 
@@ -145,7 +151,7 @@ class Session:
         self.timed_out = False
         self.watcher = None
         if watch:
-            self.watcher = Watcher(process.proc.pid, interpreter(), writable=(str(process.scratch), "/tmp"),
+            self.watcher = Watcher(process.proc.pid, interpreter(), writable=process.writable,
                                    namespaced=process.mode == "bwrap").start()
         self._stdin_open = True
         self.send({"request": request})
@@ -220,5 +226,12 @@ class Session:
 
     def cleanup(self) -> None:
         kill(self.process.proc)
+        # The threads that read the worker end with its pipes: wait for them, so that none is still inside
+        # torch (turning bytes into tensors) when the interpreter shuts down.
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.process.reader.closed.wait(timeout=10)
+        if self.process.drain is not None:
+            self.process.drain.join(timeout=10)
         if self.process.owns_scratch:
             shutil.rmtree(self.process.scratch, ignore_errors=True)
