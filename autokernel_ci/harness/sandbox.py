@@ -257,13 +257,6 @@ def _save_cache(key: str, scratch: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _count_lines(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except OSError:
-        return 0
-
-
 def validate_worker_result(data: Any, n_cases: int) -> str | None:
     """Why the worker's report cannot be trusted as data, or None. A candidate could tamper with it."""
     if not isinstance(data, dict) or data.get("protocol") != 2:
@@ -346,14 +339,12 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
                "n_cases": len(cases)}
     env = child_environment({**os.environ, **env_overrides} if env_overrides else None, device=device, mode=mode)
     reference = _ReferenceSide(task, device, env, timeout, mode, cancel, work_dir)
-    checks: list[int] = []
 
     def after_cases(clean: bool) -> dict[str, Any] | None:
         if timing is None or not clean:
             return None
         # Which timed calls are kept and judged: drawn now, from the OS, never from the case seeds.
         picks = random.SystemRandom().sample(range(1, max(timing.min_reps, TIMED_CHECKS) + 1), TIMED_CHECKS)
-        checks.extend(picks)
         return {"timing": {**timing.to_wire(), "check_calls": picks}}
 
     progress = (lambda done: on_progress(done, len(cases))) if on_progress else None
@@ -362,7 +353,7 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
     try:
         run = run_worker(request, None, timeout, env, progress, cases=[c.to_wire() for c in cases],
                          before_case=reference.prepare, after_cases=after_cases,
-                         cache_key=_cache_key([source], task, device), mode=mode, **extra)
+                         cache_key=_cache_key([source], task, device, mode), mode=mode, **extra)
         result.worker_log = run.log_tail[-2000:]
         verdict = _verdict(task, cases, run, device, plan_notes, result, started, reference, timeout, anticheat)
         if verdict is not None:
@@ -414,11 +405,13 @@ def _verdict(task, cases, run: WorkerRun, device: str, plan_notes: list[str], re
     return judged if judged.status is not Status.PASS or not data.get("timings") else None
 
 
-def _cache_key(sources: list[str], task: KernelTask, device: str) -> str:
-    """The private build cache of exactly these sources, on this device, with this torch."""
+def _cache_key(sources: list[str], task: KernelTask, device: str, mode: str) -> str:
+    """The private build cache of exactly these sources, on this device, with this torch, in this sandbox
+    mode (an unsandboxed worker could write anything there: its cache is never a sandboxed worker's)."""
     import torch
 
-    ident = json.dumps([sources, task.name, device, torch.__version__, os.environ.get("TORCH_CUDA_ARCH_LIST", "")])
+    ident = json.dumps([sources, task.name, device, mode, torch.__version__,
+                        os.environ.get("TORCH_CUDA_ARCH_LIST", "")])
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 

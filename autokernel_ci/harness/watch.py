@@ -1,11 +1,12 @@
 """Watching a worker from outside: what a candidate cannot hide from /proc.
 
 The parent polls the worker's process tree while it runs: threads the worker started after it said
-it was ready (before any candidate was imported), processes other than the toolchain Triton and
-load_inline start, and files opened for writing outside the worker's scratch. It looks every 10 ms:
-a thread that starts and ends between two looks is not seen here (the operator recorder and the
-judged outputs remain for it). Each becomes a finding (`sandbox.thread`, `sandbox.process`,
-`sandbox.file`). The operator recorder inside the worker stays as a second line, not the boundary.
+it was ready (before any candidate was imported), interpreters or programs of its own that it starts
+(the compilers Triton and load_inline run are the system's and pass), and files opened for writing
+outside the worker's scratch. It looks every 10 ms: a thread that starts and ends between two looks
+is not seen here (the operator recorder and the judged outputs remain for it). Each becomes a finding
+(`sandbox.thread`, `sandbox.process`, `sandbox.file`). The operator recorder inside the worker stays
+as a second line, not the boundary.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autokernel_ci.harness.bwrap import TOOLCHAIN
 from autokernel_ci.results import Finding
 
 POLL_S = 0.01
@@ -24,9 +24,6 @@ POLL_S = 0.01
 # operator recorder watches. The system's other programs (compilers, `file`, `uname`, ...) are toolchain.
 INTERPRETER = re.compile(r"^(python|pypy|perl|ruby|node|nodejs|java|lua|luajit|Rscript|julia|php|tclsh|wish)"
                          r"[0-9.]*(-real)?$")
-# Versioned and target-prefixed compiler names (x86_64-linux-gnu-g++-13, gcc-12, ld.lld, …).
-COMPILER = re.compile(r"^([a-z0-9_]+-linux-gnu-)?(g\+\+|gcc|c\+\+|cc|cc1plus|cc1|as|ld|collect2|lto-wrapper)"
-                      r"(-\d+(\.\d+)*)?(\.[a-z]+)?(-real)?$")
 
 
 def _read(path: str) -> str | None:
@@ -52,15 +49,6 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except OSError:
         return []
-
-
-def _nspid(status: str | None) -> int | None:
-    """The innermost namespace's id of a task, from its status file."""
-    for line in (status or "").splitlines():
-        if line.startswith("NSpid:"):
-            ids = line.split()[1:]
-            return int(ids[-1]) if ids else None
-    return None
 
 
 def _comm(pid: int, tid: int | None = None) -> str:
@@ -89,7 +77,6 @@ class Watcher:
     _stop: threading.Event = field(default_factory=threading.Event)
     _baseline: set[int] | None = None
     _worker: int | None = None
-    _toolchain_seen: bool = False
     _reported: set[tuple[str, str]] = field(default_factory=set)
     _suspect: dict[int, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -111,7 +98,6 @@ class Watcher:
             worker = self._find_worker()
             self._worker = worker
             self._baseline = set(int(t) for t in _listdir(f"/proc/{worker}/task")) if worker else set()
-            self._toolchain_seen = False
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
@@ -150,8 +136,6 @@ class Watcher:
             from_writable = any(exe.startswith(w.rstrip("/") + "/") for w in self.writable)
             if not from_writable and not INTERPRETER.match(name):
                 # A program of the system's (a compiler, `file`, `uname`): it runs what it always runs.
-                if name in TOOLCHAIN or COMPILER.match(name):
-                    self._toolchain_seen = True
                 self._suspect.pop(pid, None)
                 continue
             # An interpreter (it runs whatever code it is handed) or a program the worker wrote itself. A fork
