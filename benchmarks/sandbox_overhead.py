@@ -1,12 +1,15 @@
 """What the OS sandbox costs one evaluation: the same honest candidate evaluated with and without it.
 
     python benchmarks/sandbox_overhead.py [--op rmsnorm] [--repeats 5] [--device cpu|cuda] [--time]
+                                          [--modes process,bwrap[,bwrap-source]]
 
 Alternates `--sandbox=process` and bubblewrap evaluations of the op's library kernel (the screen
 stages the loop runs; with `--time`, the benchmark shapes timed too, no baselines), so drift on a
 loaded machine falls on both alike; prints each evaluation's wall time, the medians and their ratio,
 and writes sandbox_overhead.json to $OUT when set. Each evaluation starts a fresh worker (no standby
-process), which is what a sandbox adds its start to.
+process), which is what a sandbox adds its start to. `bwrap-source` is bubblewrap without the bytecode
+folder the parent prepares (`harness.bytecode`): every worker compiles its imports from source. The warm-up pairs fill the caches first, so
+neither mode's figures hold the one-time builds.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from autokernel_ci.harness import bwrap, sandbox
+    from autokernel_ci.harness import bwrap, bytecode, sandbox
     from autokernel_ci.harness.sandbox import TimingPlan
     from autokernel_ci.loop import SCREEN_STAGES
     from autokernel_ci.ops import starter_source
@@ -36,9 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--time", action="store_true", help="time the benchmark shapes too")
+    parser.add_argument("--modes", default="process,bwrap",
+                        help="comma-separated, from process, bwrap, bwrap-source; the first is the base")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="pairs run first and not counted (they fill the build caches both modes read)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if len(modes) < 2 or any(m not in ("process", "bwrap", "bwrap-source") for m in modes):
+        parser.error("--modes takes two or more of process, bwrap, bwrap-source")
     reason = bwrap.unavailable_reason()
     if reason:
         print(f"sandbox_overhead: {reason}", file=sys.stderr)
@@ -50,32 +60,38 @@ def main(argv: list[str] | None = None) -> int:
         from dataclasses import replace
 
         plan = replace(TimingPlan.for_task(task, device), baselines=())
-    rows: dict[str, list[float]] = {"process": [], "bwrap": []}
+    rows: dict[str, list[float]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{args.op}.py"
         path.write_text(starter_source(args.op))
-        for i in range(args.repeats):
-            for mode in ("process", "bwrap"):
-                os.environ[bwrap.MODE_ENV] = mode
+        for i in range(-args.warmup, args.repeats):
+            for mode in modes:
+                os.environ[bwrap.MODE_ENV] = mode.split("-")[0]
+                os.environ[bytecode.ENV] = "0" if mode == "bwrap-source" else ""
                 os.environ["AUTOKERNEL_STANDBY"] = "0"
                 started = time.perf_counter()
-                result = sandbox.evaluate(task, path, device=device, stages=SCREEN_STAGES, timing=plan, seed=i)
+                result = sandbox.evaluate(task, path, device=device, stages=SCREEN_STAGES, timing=plan, seed=abs(i))
                 seconds = time.perf_counter() - started
                 if result.status.value != "PASS":
                     print(f"#{i} {mode}: {result.status.value}: {result.message}", file=sys.stderr)
                     return 1
-                rows[mode].append(seconds)
-                print(f"#{i} {mode:8s} {result.sandbox:22s} {seconds:6.2f} s", flush=True)
+                if i >= 0:
+                    rows[mode].append(seconds)
+                label = f"#{i}" if i >= 0 else "warm-up"
+                print(f"{label:8s} {mode:8s} {result.sandbox:22s} {seconds:6.2f} s", flush=True)
     med = {mode: statistics.median(times) for mode, times in rows.items()}
-    ratio = med["bwrap"] / med["process"]
-    print(f"median: process {med['process']:.2f} s, bubblewrap {med['bwrap']:.2f} s, "
-          f"ratio {ratio:.3f} ({(ratio - 1) * 100:+.1f}%) over {args.repeats} pairs on {result.device}")
+    base = modes[0]
+    ratios = {mode: med[mode] / med[base] for mode in modes[1:]}
+    print(f"median over {args.repeats} rounds on {result.device}: "
+          + ", ".join(f"{mode} {med[mode]:.2f} s" for mode in modes))
+    for mode, ratio in ratios.items():
+        print(f"{mode} / {base}: ratio {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)")
     out = os.environ.get("OUT")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "sandbox_overhead.json").write_text(json.dumps(
             {"op": args.op, "device": result.device, "timed": args.time, "seconds": rows, "median_s": med,
-             "ratio": ratio}, indent=2))
+             "base": base, "ratios": ratios}, indent=2))
     return 0
 
 

@@ -88,6 +88,7 @@ STATIC_CHEATS: dict[str, list[tuple[str, str]]] = {
     "fallback_to_torch": [(FALLBACK, "except RuntimeError:")],
     "side_stream": [(CUDA_STREAM, "torch.cuda.Stream()"), (CUDA_STREAM, "with torch.cuda.stream(")],
     "result_cache": [(CACHE, "_RESULTS[key] = out")],
+    "weak_result_cache": [(CACHE, "_RESULTS[id(x)] = (weakref.ref(x), out)")],
     "replay_after_warmup": [(CACHE, "_last[key] = y2.view(x.shape)")],
     "memoised_kernel_fn": [(CACHE, "def kernel_fn")],
     "garbage_when_timed": [(INTROSPECTION, "torch.are_deterministic_algorithms_enabled()")],

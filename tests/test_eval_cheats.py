@@ -69,6 +69,7 @@ EXPECTED: dict[str, str] = {
     "patch_timer": "static.monkeypatch",
     "replay_after_warmup": "static.cache",
     "result_cache": "static.cache",
+    "weak_result_cache": "static.cache",
     "side_stream": "static.cuda-stream",
     "slow_vendor_rmsnorm": "static.monkeypatch",
     "slow_vendor_softmax": "static.monkeypatch",

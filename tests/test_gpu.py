@@ -42,10 +42,21 @@ def test_work_hidden_on_a_side_stream_is_rejected(tmp_path: Path) -> None:
 
 
 def test_faster_than_the_roofline_is_rejected_not_recorded(tmp_path: Path) -> None:
+    """Outputs remembered per input tensor: right on every call, timed and checked alike, and faster than
+    memory allows; only the roofline tells."""
     task = _softmax_task_allowing("static.cache")
-    result = evaluate(task, CHEATS / "replay_after_warmup.py", device="cuda", timing=TimingPlan.for_task(task, "cuda"))
+    result = evaluate(task, CHEATS / "weak_result_cache.py", device="cuda", timing=TimingPlan.for_task(task, "cuda"))
     assert result.status is Status.REJECTED, result.message
     assert "timing.impossible" in {f.rule for f in result.findings}
+
+
+def test_replaying_the_last_output_while_timed_fails(tmp_path: Path) -> None:
+    """The last output replayed after a shape's first calls: the timed calls alternate two input sets and
+    some of them are judged, so the replayed output is wrong for the inputs it is returned for."""
+    task = _softmax_task_allowing("static.cache")
+    result = evaluate(task, CHEATS / "replay_after_warmup.py", device="cuda", timing=TimingPlan.for_task(task, "cuda"))
+    assert result.status is Status.FAIL, result.message
+    assert "timed call" in result.message and "wrong result" in result.message
 
 
 def test_each_pool_slot_evaluates_on_its_own_card(tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ from autokernel_ci.errors import HarnessError
 MODE_ENV = "AUTOKERNEL_SANDBOX"  # "bwrap" | "process"; set by --sandbox
 REQUIRE_ENV = "AUTOKERNEL_REQUIRE_SANDBOX"  # set by `gate --github` and the action: refuse rather than warn
 MODES = ("bwrap", "process")
+# Where a worker's private build caches (its scratch's .cache: Triton's, load_inline's) appear inside.
+CACHE_DIR = "/var/cache/autokernel"
 UNSANDBOXED = "process (unsandboxed)"
 SANDBOXED = "bubblewrap"
 # The variables a worker may inherit, whatever else the parent holds. Everything else is dropped.
@@ -221,13 +223,16 @@ def command(argv: list[str], mounts: Mounts, env: Mapping[str, str]) -> list[str
         for var in ("CUDA_HOME", "CUDA_PATH"):
             if env.get(var):
                 binds.add("--ro-bind", Path(env[var]))
+    if env.get("PYTHONPYCACHEPREFIX"):  # the bytecode the parent prepared (harness.bytecode): read, never written
+        binds.add("--ro-bind", Path(env["PYTHONPYCACHEPREFIX"]))
     for path in mounts.writable:
         path.mkdir(parents=True, exist_ok=True)
         binds.add("--bind", path)
     home = "/tmp/home"
+    cache = ["--bind", str(mounts.scratch / ".cache"), CACHE_DIR] if (mounts.scratch / ".cache").is_dir() else []
     out = [exe, *_namespace_flags(), "--hostname", "autokernel-sandbox", "--proc", "/proc", "--dev", "/dev",
            "--tmpfs", "/tmp", "--dir", home, *binds.args, *masks,
-           "--bind", str(mounts.scratch), str(mounts.scratch), "--chdir", str(mounts.scratch),
+           "--bind", str(mounts.scratch), str(mounts.scratch), *cache, "--chdir", str(mounts.scratch),
            "--clearenv"]
     for key, value in {**env, "HOME": home, "TMPDIR": "/tmp"}.items():
         out += ["--setenv", key, value]

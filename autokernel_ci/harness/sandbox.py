@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autokernel_ci.errors import CandidateError, HarnessError, TaskError
-from autokernel_ci.harness import bwrap
+from autokernel_ci.harness import bwrap, bytecode
 from autokernel_ci.harness.session import EvaluationCancelled, Session, WorkerRun, spawn
 from autokernel_ci.results import EvalResult, Finding, Status
 
@@ -84,7 +84,8 @@ def child_environment(env: Mapping[str, str] | None = None, device: str = "cpu",
                       mode: str | None = None) -> dict[str, str]:
     """A worker's environment: the allowlisted variables of `env` (nothing else, whatever its name)
     plus the worker's settings. In the `process` mode (no OS sandbox) bytecode goes to a cache of
-    ours; inside bubblewrap the interpreter's own bytecode is read-only and nothing is written."""
+    ours; inside bubblewrap nothing is written, and the bytecode read is the interpreter's own or, where
+    the packages were installed without it, the folder the parent filled (`harness.bytecode`)."""
     env = os.environ if env is None else env
     mode = mode or bwrap.sandbox_mode(env)
     clean = bwrap.allowed_environment(env)
@@ -99,6 +100,9 @@ def child_environment(env: Mapping[str, str] | None = None, device: str = "cpu",
         clean["PYTHONPYCACHEPREFIX"] = env.get("PYTHONPYCACHEPREFIX") or str(_pycache_dir(env))
     else:
         clean["PYTHONDONTWRITEBYTECODE"] = "1"
+        trusted = bytecode.folder(device, env)
+        if trusted is not None:
+            clean["PYTHONPYCACHEPREFIX"] = str(trusted)  # bound read-only by bwrap.command
     if device == "cpu":
         clean["TRITON_INTERPRET"] = "1"
     return clean
@@ -294,13 +298,15 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
              timing: TimingPlan | None = None,
              on_progress: Callable[[int, int], None] | None = None,
              env_overrides: Mapping[str, str] | None = None,
-             cancel: threading.Event | None = None, standby: bool = False) -> EvalResult:
+             cancel: threading.Event | None = None, standby: bool = False,
+             sandbox: str | None = None) -> EvalResult:
     """Static checks, then the sandboxed worker, then judgement: the whole correctness gate for one candidate.
 
     `env_overrides` are added to the worker's environment before it is filtered (a pool pins each
     worker to its GPU with `CUDA_VISIBLE_DEVICES`); `cancel` is passed to `run_worker`. `standby`: for
     callers that evaluate one candidate after another (the loop): the worker is taken from, and the
-    next one started into, `harness.standby`."""
+    next one started into, `harness.standby`. `sandbox`: the mode, for the harness's own trusted runs
+    (`harness.bytecode`); otherwise `bwrap.sandbox_mode()` decides."""
     from autokernel_ci.harness import anticheat
     from autokernel_ci.harness.correctness import STAGES, plan_cases
 
@@ -313,7 +319,7 @@ def evaluate(task: KernelTask, candidate: str | Path, *, device: str | None = No
     except (OSError, UnicodeDecodeError) as exc:
         raise CandidateError(f"cannot read candidate {path}: {exc}") from None
     device = resolve_device(device)
-    mode = bwrap.sandbox_mode()
+    mode = sandbox or bwrap.sandbox_mode()
     result = EvalResult(status=Status.PASS, task=task.name, candidate=str(path),
                         candidate_sha256=hashlib.sha256(source.encode()).hexdigest(),
                         device=_device_label(device), representative_timing=False, environment=_environment(),

@@ -69,8 +69,12 @@ def spawn(env: dict[str, str], mounts: bwrap.Mounts | None, mode: str, scratch: 
     mounts = bwrap.Mounts(scratch=scratch) if mounts is None else bwrap.Mounts(
         scratch=scratch, read_only=mounts.read_only, writable=mounts.writable, gpu=mounts.gpu)
     read, write = os.pipe()
-    child_env = {**env, RESULT_FD_ENV: str(write), "TRITON_CACHE_DIR": str(scratch / ".cache" / "triton"),
-                 "TORCH_EXTENSIONS_DIR": str(scratch / ".cache" / "torch_extensions")}
+    # Inside bubblewrap the private build caches sit at one fixed path whatever the scratch folder is: a
+    # load_inline build records absolute paths in its build.ninja, and a path that changed is a rebuild.
+    cache = Path(bwrap.CACHE_DIR) if mode == "bwrap" else scratch / ".cache"
+    (scratch / ".cache").mkdir(exist_ok=True)
+    child_env = {**env, RESULT_FD_ENV: str(write), "TRITON_CACHE_DIR": str(cache / "triton"),
+                 "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions")}
     argv = worker_argv()
     if mode == "bwrap":
         argv = bwrap.command(argv, mounts, child_env)
@@ -83,8 +87,10 @@ def spawn(env: dict[str, str], mounts: bwrap.Mounts | None, mode: str, scratch: 
     finally:
         os.close(write)
     reader = Reader(read).start()
-    writable = (str(scratch), "/tmp", *(str(p) for p in mounts.writable),
-                *((child_env["PYTHONPYCACHEPREFIX"],) if child_env.get("PYTHONPYCACHEPREFIX") else ()))
+    writable = (str(scratch), "/tmp", *((bwrap.CACHE_DIR,) if mode == "bwrap" else ()),
+                *(str(p) for p in mounts.writable),
+                *((child_env["PYTHONPYCACHEPREFIX"],) if mode == "process" and child_env.get("PYTHONPYCACHEPREFIX")
+                  else ()))
     process = Process(proc, reader, scratch, mode, owns, writable=writable)
     process.drain = threading.Thread(target=_drain, args=(proc, process.log), name="autokernel-worker-log",
                                      daemon=True)
