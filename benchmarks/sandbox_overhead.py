@@ -7,9 +7,9 @@ Alternates `--sandbox=process` and bubblewrap evaluations of the op's library ke
 stages the loop runs; with `--time`, the benchmark shapes timed too, no baselines), so drift on a
 loaded machine falls on both alike; prints each evaluation's wall time, the medians and their ratio,
 and writes sandbox_overhead.json to $OUT when set. Each evaluation starts a fresh worker (no standby
-process), which is what a sandbox adds its start to. `bwrap-source` is bubblewrap without the bytecode
-folder the parent prepares (`harness.bytecode`): every worker compiles its imports from source. The warm-up pairs fill the caches first, so
-neither mode's figures hold the one-time builds.
+process), which is what a sandbox adds its start to. The warm-up rounds fill the caches first, so no
+mode's figures hold the one-time builds. `bwrap-source` is bubblewrap without the bytecode folder the
+parent prepares (`harness.bytecode`): every worker compiles its imports from source.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="process,bwrap",
                         help="comma-separated, from process, bwrap, bwrap-source; the first is the base")
     parser.add_argument("--warmup", type=int, default=1,
-                        help="pairs run first and not counted (they fill the build caches both modes read)")
+                        help="rounds run first and not counted (they fill the build caches every mode reads)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")

@@ -229,10 +229,13 @@ def command(argv: list[str], mounts: Mounts, env: Mapping[str, str]) -> list[str
         path.mkdir(parents=True, exist_ok=True)
         binds.add("--bind", path)
     home = "/tmp/home"
-    cache = ["--bind", str(mounts.scratch / ".cache"), CACHE_DIR] if (mounts.scratch / ".cache").is_dir() else []
+    # The scratch's private build caches, at one fixed path whatever the scratch folder is: a load_inline
+    # build records absolute paths in its build.ninja, and a path that changed is a rebuild.
+    (mounts.scratch / ".cache").mkdir(exist_ok=True)
     out = [exe, *_namespace_flags(), "--hostname", "autokernel-sandbox", "--proc", "/proc", "--dev", "/dev",
            "--tmpfs", "/tmp", "--dir", home, *binds.args, *masks,
-           "--bind", str(mounts.scratch), str(mounts.scratch), *cache, "--chdir", str(mounts.scratch),
+           "--bind", str(mounts.scratch), str(mounts.scratch), "--bind", str(mounts.scratch / ".cache"), CACHE_DIR,
+           "--chdir", str(mounts.scratch),
            "--clearenv"]
     for key, value in {**env, "HOME": home, "TMPDIR": "/tmp"}.items():
         out += ["--setenv", key, value]

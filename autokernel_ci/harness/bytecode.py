@@ -15,12 +15,14 @@ everywhere for that reason.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import os
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 ENV = "AUTOKERNEL_SANDBOX_BYTECODE"  # "1": always use the folder; "0": never; unset: when packages lack bytecode
@@ -30,6 +32,7 @@ _lock = threading.Lock()
 _failed: set[Path] = set()
 
 
+@functools.lru_cache(maxsize=1)
 def installed_bytecode_missing() -> bool:
     """Whether torch, as installed, has no bytecode beside its sources."""
     spec = importlib.util.find_spec("torch")
@@ -39,16 +42,18 @@ def installed_bytecode_missing() -> bool:
     return not (origin.parent / "__pycache__" / f"{origin.stem}.{sys.implementation.cache_tag}.pyc").is_file()
 
 
-def wanted(env: os._Environ[str] | dict[str, str] | None = None) -> bool:
+def wanted(env: Mapping[str, str] | None = None) -> bool:
     setting = (os.environ if env is None else env).get(ENV, "").strip()
     if setting in ("0", "1"):
         return setting == "1"
     return installed_bytecode_missing()
 
 
+@functools.lru_cache(maxsize=4)
 def _key(device: str) -> str:
     """The interpreter, the packages a worker imports and this package's sources: a change to any of
-    them is a new folder (Python would ignore stale bytecode anyway, and could not replace it)."""
+    them is a new folder (Python would ignore stale bytecode anyway, and could not replace it). Worked
+    out once per process: every evaluation asks, and the sources do not change under a running one."""
     import torch
 
     from autokernel_ci.harness.bwrap import package_root
@@ -66,7 +71,7 @@ def _key(device: str) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:20]
 
 
-def folder(device: str, env: dict[str, str] | None = None) -> Path | None:
+def folder(device: str, env: Mapping[str, str] | None = None) -> Path | None:
     """The bytecode folder for sandboxed workers on `device`, filled first when it is not yet; None when
     it is not wanted here or could not be filled (workers then compile from source, as before)."""
     if not wanted(env):
@@ -92,8 +97,8 @@ def _fill(root: Path, device: str) -> bool:
     """Evaluate the rmsnorm library kernel unsandboxed with `root` as its bytecode folder: the worker's
     own imports, the candidate's, and Triton's compile path on this device land there."""
     from autokernel_ci.harness.sandbox import evaluate
-    from autokernel_ci.results import Status
     from autokernel_ci.ops import starter_source
+    from autokernel_ci.results import Status
     from autokernel_ci.tasks import builtin_task
 
     print(f"autokernel-ci: preparing bytecode for sandboxed workers in {root} (once per installation)",

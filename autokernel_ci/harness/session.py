@@ -69,10 +69,8 @@ def spawn(env: dict[str, str], mounts: bwrap.Mounts | None, mode: str, scratch: 
     mounts = bwrap.Mounts(scratch=scratch) if mounts is None else bwrap.Mounts(
         scratch=scratch, read_only=mounts.read_only, writable=mounts.writable, gpu=mounts.gpu)
     read, write = os.pipe()
-    # Inside bubblewrap the private build caches sit at one fixed path whatever the scratch folder is: a
-    # load_inline build records absolute paths in its build.ninja, and a path that changed is a rebuild.
+    # Inside bubblewrap the scratch's .cache is seen at bwrap.CACHE_DIR (bwrap.command binds it there).
     cache = Path(bwrap.CACHE_DIR) if mode == "bwrap" else scratch / ".cache"
-    (scratch / ".cache").mkdir(exist_ok=True)
     child_env = {**env, RESULT_FD_ENV: str(write), "TRITON_CACHE_DIR": str(cache / "triton"),
                  "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions")}
     argv = worker_argv()
